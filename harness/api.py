@@ -1,0 +1,356 @@
+"""The types a plugin implements and the contexts kalm-bench hands to them.
+
+Each registered thing is a class with a ``name``, a ``version`` (part of every cache key: bump it when a
+change alters results) and a pydantic ``Config`` whose fields are what a suite may set. Presets are named
+partial configs (``preset: paper``). A configured instance serialises to ``{"type": name, "params": {...}}``
+like d3rlpy's configs.
+
+Nothing here imports torch, d3rlpy or gymnasium at module level.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import gymnasium
+    import pandas as pd
+
+    from .datasets import TrajectoryDataset
+
+ActionKind = Literal["discrete", "continuous"]
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: report progress of a long stage; cheap to call often."""
+
+
+def _no_progress(done: int, total: int) -> None:
+    return None
+
+
+class StrictConfig(BaseModel):
+    """Base for plugin configs: unknown keys are errors, so a typo in a suite is caught by ``validate``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component(abc.ABC):
+    """Common base of everything a plugin registers."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0"
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[StrictConfig]] = StrictConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    default_preset: ClassVar[str | None] = None
+
+    def __init__(self, config: StrictConfig | dict[str, Any] | None = None):
+        if config is None or isinstance(config, dict):
+            config = self.make_config(overrides=config or {})
+        self.config = config
+
+    @classmethod
+    def make_config(cls, preset: str | None = None, overrides: dict[str, Any] | None = None) -> StrictConfig:
+        """Defaults < preset < overrides, validated by the class's ``Config``."""
+        preset = preset if preset is not None else cls.default_preset
+        values: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in cls.presets:
+                raise KeyError(preset)
+            values.update(cls.presets[preset])
+        values.update(overrides or {})
+        return cls.Config(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.name, "params": self.config.model_dump(mode="json")}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Environments
+
+
+@dataclass(frozen=True)
+class RolloutLabels:
+    """Labels an environment's own checks give to a (possibly imagined) state sequence.
+
+    ``rewards[t]`` is the reward of transition t; ``end`` is the number of transitions kept (the episode
+    stops at the first success); ``success`` whether the goal was reached within them.
+    """
+
+    rewards: np.ndarray
+    end: int
+    success: bool
+
+
+@dataclass
+class EvalResult:
+    """Outcome of evaluating one policy on a list of test cases."""
+
+    success: np.ndarray  # (n_cases,) bool
+    returns: np.ndarray  # (n_cases,) float
+    lengths: np.ndarray  # (n_cases,) int
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean(self.success)) if len(self.success) else float("nan")
+
+
+class Environment(Component):
+    """A task family with goal levels (e.g. seen / rephrase / easy / hard).
+
+    Test cases and goals are JSON-serialisable dicts with at least ``"instruction"``; the Gymnasium env
+    from :meth:`make` accepts one as ``env.reset(seed=..., options=case)`` and then plays that case.
+    ``info["is_success"]`` after a step tells whether the goal is reached.
+    """
+
+    levels: ClassVar[dict[str, str]]
+    """Level name → one-line description. The first one is the level of the offline data."""
+    action_kind: ClassVar[ActionKind]
+    horizon: ClassVar[int]
+
+    @property
+    def data_level(self) -> str:
+        return next(iter(self.levels))
+
+    @abc.abstractmethod
+    def make(self, level: str) -> gymnasium.Env:
+        """A Gymnasium env whose observation is the raw state vector (no instruction embedding)."""
+
+    @abc.abstractmethod
+    def generate_dataset(self, n_episodes: int, seed: int, progress: Progress = _no_progress,
+                         **options: Any) -> TrajectoryDataset:
+        """Offline data for the data level, deterministic per seed."""
+
+    @abc.abstractmethod
+    def test_cases(self, level: str, n: int, seed: int) -> list[dict[str, Any]]:
+        """The level's fixed evaluation cases (initial state, goal, instruction)."""
+
+    def sample_goals(self, level: str, n: int, seed: int) -> list[dict[str, Any]]:
+        """Goals with initial states from the env's initial-state distribution, for imaginary rollouts."""
+        return self.test_cases(level, n, seed)
+
+    def label_rollout(self, level: str, case: dict[str, Any], states: np.ndarray,
+                      actions: np.ndarray) -> RolloutLabels:
+        """Rewards / end / success of a state sequence (``states`` has one more row than ``actions``)."""
+        raise NotImplementedError(f"environment {self.name!r} cannot label rollouts")
+
+    def evaluate(self, policy: Policy, level: str, cases: Sequence[dict[str, Any]], seed: int,
+                 embed: Callable[[list[str]], np.ndarray] | None = None,
+                 progress: Progress = _no_progress, batch_size: int = 128) -> EvalResult:
+        """Play every case once with ``policy``, many episodes at a time. Override for a faster path."""
+        from .evaluation import evaluate_batched
+
+        return evaluate_batched(self, policy, level, cases, seed, embed=embed, progress=progress,
+                                batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data handed to algorithms
+
+
+@dataclass
+class TransitionData:
+    """Transitions of many episodes, contiguous per episode, with instructions kept by reference.
+
+    The policy input of transition i is ``states[i] ⊕ embeddings[instruction_ids[i]]``; it is only
+    materialised on demand (:attr:`observations`) because 100k episodes × 384-d embeddings do not fit.
+    """
+
+    states: np.ndarray  # (N, S) float32
+    actions: np.ndarray  # (N,) int64 or (N, A) float32
+    rewards: np.ndarray  # (N,) float32
+    next_states: np.ndarray  # (N, S) float32
+    terminals: np.ndarray  # (N,) float32: 1 where the episode ended by reaching its goal
+    timeouts: np.ndarray  # (N,) float32: 1 where it ended otherwise (never both)
+    instruction_ids: np.ndarray  # (N,) int64 into embeddings / instructions
+    embeddings: np.ndarray  # (K, E) float32, one row per unique instruction
+    instructions: list[str]
+    episode_starts: np.ndarray  # (n_episodes,) int64
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @property
+    def observations(self) -> np.ndarray:
+        return np.concatenate([self.states, self.embeddings[self.instruction_ids]], axis=1)
+
+    @property
+    def next_observations(self) -> np.ndarray:
+        return np.concatenate([self.next_states, self.embeddings[self.instruction_ids]], axis=1)
+
+    @property
+    def observation_dim(self) -> int:
+        return self.states.shape[1] + self.embeddings.shape[1]
+
+
+@dataclass
+class PolicyBatch:
+    """What a policy sees at one step of a batch of episodes."""
+
+    states: np.ndarray  # (B, S)
+    instructions: list[str]
+    embeddings: np.ndarray | None  # (B, E) or None when no encoder is used
+    t: np.ndarray  # (B,) step index within each episode
+    initial_states: np.ndarray  # (B, S)
+    history_states: list[np.ndarray] = field(default_factory=list)  # per episode (t+1, S)
+    history_actions: list[np.ndarray] = field(default_factory=list)  # per episode (t, ...) actions
+
+    @property
+    def observations(self) -> np.ndarray:
+        if self.embeddings is None:
+            return self.states.astype(np.float32)
+        return np.concatenate([self.states, self.embeddings], axis=1).astype(np.float32)
+
+
+class Policy(abc.ABC):
+    """A trained policy. ``act`` is called once per step for a whole batch of episodes."""
+
+    @abc.abstractmethod
+    def act(self, batch: PolicyBatch) -> np.ndarray:
+        """Actions for every episode of the batch: (B,) ints or (B, A) floats."""
+
+    @abc.abstractmethod
+    def save(self, path: Path) -> None:
+        """Write the policy into the (existing, empty) directory ``path``."""
+
+
+@dataclass
+class LLMHandle:
+    """A grounded LLM: the backend that made it and the directory of its artifact."""
+
+    backend: LLMBackend
+    path: Path
+
+
+@dataclass
+class TrainContext:
+    """Everything ``Algorithm.train`` needs. Call :meth:`save_checkpoint` every ``checkpoint_every`` steps."""
+
+    config: StrictConfig
+    seed: int
+    real: TransitionData
+    imaginary: TransitionData | None
+    imaginary_fraction: float  # share of each batch drawn from ``imaginary`` (0.5 = the paper's 1:1)
+    steps: int
+    checkpoint_every: int
+    action_kind: ActionKind
+    action_size: int  # number of discrete actions, or the continuous action dimension
+    workdir: Path
+    save_checkpoint: Callable[[int, Policy], None]
+    progress: Progress = _no_progress
+    llm: LLMHandle | None = None
+    env: Environment | None = None
+
+    def checkpoint_steps(self) -> list[int]:
+        every = max(1, self.checkpoint_every)
+        steps = list(range(every, self.steps + 1, every))
+        if not steps or steps[-1] != self.steps:
+            steps.append(self.steps)
+        return steps
+
+
+class Algorithm(Component):
+    """A way of learning a policy from offline data (optionally plus imaginary data)."""
+
+    action_kinds: ClassVar[tuple[ActionKind, ...]] = ("discrete", "continuous")
+    needs_llm: ClassVar[bool] = False
+    """True for algorithms that act through the grounded LLM (LLM-as-policy, LLM-backbone DT)."""
+
+    @abc.abstractmethod
+    def train(self, ctx: TrainContext) -> None:
+        """Train, calling ``ctx.save_checkpoint(step, policy)`` at each of ``ctx.checkpoint_steps()``."""
+
+    @abc.abstractmethod
+    def load_policy(self, path: Path, ctx: TrainContext) -> Policy:
+        """Load a policy saved by :meth:`Policy.save` (``ctx`` has the data shapes, no data arrays)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Language
+
+
+class TextEncoder(Component):
+    """Instruction text → fixed-size float vector."""
+
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """Embedding size."""
+
+    @abc.abstractmethod
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32."""
+
+
+class GroundingTask(Component):
+    """Turns trajectories into supervised examples for grounding an LLM (e.g. dynamics prediction)."""
+
+    @abc.abstractmethod
+    def examples(self, dataset: TrajectoryDataset, rng: np.random.Generator) -> list[dict[str, Any]]:
+        """One epoch of examples. Their format is agreed between tasks and the backends that use them."""
+
+
+@dataclass
+class GroundingContext:
+    dataset: TrajectoryDataset
+    env: Environment
+    tasks: list[GroundingTask]
+    seed: int
+    workdir: Path  # write the grounded model here
+    progress: Progress = _no_progress
+
+
+@dataclass
+class ImagineContext:
+    model_dir: Path
+    env: Environment
+    level: str
+    goals: list[dict[str, Any]]
+    seed: int
+    labels: str  # "oracle" | "model"
+    progress: Progress = _no_progress
+
+
+class LLMBackend(Component):
+    """An LLM that is grounded on environment data and then imagines rollouts for new goals."""
+
+    @abc.abstractmethod
+    def ground(self, ctx: GroundingContext) -> None:
+        """Fine-tune on ``ctx.dataset`` with ``ctx.tasks`` and save the result into ``ctx.workdir``."""
+
+    @abc.abstractmethod
+    def imagine(self, ctx: ImagineContext) -> TrajectoryDataset:
+        """One imagined rollout per goal of ``ctx.goals``."""
+
+    def diagnostics(self, model_dir: Path, env: Environment, dataset: TrajectoryDataset,
+                    seed: int) -> dict[str, float]:
+        """Optional model-quality metrics recorded next to each run that used this model."""
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running and reporting
+
+
+class Executor(Component):
+    """Runs independent jobs; results are yielded as they complete (in any order)."""
+
+    @abc.abstractmethod
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], jobs: int) -> Iterator[Any]:
+        """Apply a picklable top-level ``fn`` to every item."""
+
+
+class Reporter(Component):
+    """Renders a results table as text (Markdown, CSV, LaTeX, ...)."""
+
+    extension: ClassVar[str]
+
+    @abc.abstractmethod
+    def render(self, table: pd.DataFrame, title: str | None = None) -> str:
+        """Text of the table; ``table`` has string cells and named index/columns."""

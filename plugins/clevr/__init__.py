@@ -1,0 +1,1 @@
+"""CLEVR-Robot environment plugin (issue 3): under construction."""

@@ -1,0 +1,1 @@
+"""LLM backends, grounding tasks and KALM (issue 5): under construction."""

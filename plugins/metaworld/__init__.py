@@ -1,0 +1,1 @@
+"""Meta-world environment plugin (issue 7): under construction."""

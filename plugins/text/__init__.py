@@ -1,0 +1,1 @@
+"""Instruction encoders (issue 4): under construction."""

@@ -128,8 +128,12 @@ class Environment(Component):
         """Offline data for the data level, deterministic per seed."""
 
     @abc.abstractmethod
-    def test_cases(self, level: str, n: int, seed: int) -> list[dict[str, Any]]:
-        """The level's fixed evaluation cases (initial state, goal, instruction)."""
+    def test_cases(self, level: str, n: int | None, seed: int) -> list[dict[str, Any]]:
+        """The level's fixed evaluation cases (initial state, goal, instruction).
+
+        ``n=None`` means the level's default count (e.g. the paper's protocol); the harness passes None
+        unless the suite sets ``eval.episodes``.
+        """
 
     def sample_goals(self, level: str, n: int, seed: int) -> list[dict[str, Any]]:
         """Goals with initial states from the env's initial-state distribution, for imaginary rollouts."""

@@ -1,3 +1,417 @@
-"""Placeholder entry until the CLI module lands in this session."""
-def main():
-    raise SystemExit("kalm-bench CLI under construction")
+"""The ``kalm-bench`` command line.
+
+User errors (a bad suite, an unknown name, a corrupt file) print one line naming the file and field and
+exit with status 2; only bugs print tracebacks. Heavy libraries are imported by the commands that need
+them, so ``--help``, ``plugins`` and ``validate`` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import UserError
+
+# Keep library chatter (gym's NumPy-2 banner on every d3rlpy import) out of tables and JSON output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _registry():
+    from .plugins import get_registry
+
+    return get_registry()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kalm-bench")
+def cli() -> None:
+    """Benchmark harness for LLM-grounded offline RL (KALM): suites → runs → records → tables."""
+
+
+OVERRIDE = click.option("-x", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+                        help="Override a suite field (repeatable; KEY+=VALUE appends to a list).")
+
+
+def _plan(suite_file: str, overrides: tuple[str, ...]):
+    from .plan import build_plan
+    from .suite import load_suite
+
+    loaded = load_suite(suite_file, overrides)
+    return build_plan(loaded, _registry())
+
+
+@cli.command()
+@click.argument("suite_file", type=click.Path(dir_okay=False))
+@OVERRIDE
+def validate(suite_file: str, overrides: tuple[str, ...]) -> None:
+    """Check a suite: schema, names of plugins, presets and options, levels."""
+    plan = _plan(suite_file, overrides)
+    kinds: dict[str, int] = {}
+    for st in plan.stages.values():
+        kinds[st.kind] = kinds.get(st.kind, 0) + 1
+    detail = ", ".join(f"{n} {k}" for k, n in kinds.items())
+    click.echo(f"ok: {plan.loaded.suite.suite} v{plan.loaded.suite.version}: {len(plan.runs)} runs over "
+               f"{len(plan.stages)} stages ({detail})")
+
+
+@cli.command()
+@click.argument("suite_file", type=click.Path(dir_okay=False))
+@OVERRIDE
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
+              help="Results directory [default: results/<suite>].")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Artifact cache [default: $KALM_BENCH_CACHE or ~/.cache/kalm-bench].")
+@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
+              help="Independent runs executed in parallel processes.")
+@click.option("--executor", default="local", show_default=True, help="Executor plugin (see `kalm-bench ls executors`).")
+@click.option("--rerun-failed", is_flag=True, help="Retry runs whose record says failed.")
+@click.option("--show-config", is_flag=True, help="Print the merged, validated suite and exit.")
+@click.option("--dry-run", is_flag=True, help="List the runs and stages (cached or not) and exit.")
+@click.option("--format", "fmt", default="md", show_default=True, help="Table format printed at the end.")
+def run(suite_file: str, overrides: tuple[str, ...], output: str | None, cache_dir: str | None, jobs: int,
+        executor: str, rerun_failed: bool, show_config: bool, dry_run: bool, fmt: str) -> None:
+    """Run a suite (resumes by default), write one record per run, print the table."""
+    import yaml
+
+    from .cache import ArtifactStore
+
+    plan = _plan(suite_file, overrides)
+    suite = plan.loaded.suite
+    if show_config:
+        click.echo(yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False), nl=False)
+        return
+    store = ArtifactStore(cache_dir)
+    out = Path(output) if output else Path("results") / suite.suite
+    if dry_run:
+        for st in plan.stages.values():
+            state = "cached" if store.done(st.kind, st.key) else "to build"
+            click.echo(f"{st.kind:9s} {st.key[:12]}  {state:8s}  {st.label}")
+        click.echo(f"{len(plan.runs)} runs → {out}")
+        return
+    _registry().get("reporters", fmt, field="--format")
+    summary = _execute(plan, out, store, executor, jobs, rerun_failed)
+    click.echo(f"\n{summary.ok} ok, {summary.failed} failed, {summary.skipped_ok} already done"
+               f"{f', {summary.skipped_failed} failed earlier' if summary.skipped_failed else ''}; "
+               f"stages built {summary.stages_built}, reused {summary.stages_cached}; {summary.wall_s:.0f} s → {out}")
+    if any(r.get("status") == "ok" for r in summary.records):
+        text = _render_report(out, fmt=fmt, stat=None, reference=None, reference_env=None, write_files=True)
+        click.echo("\n" + text)
+    if summary.failed or summary.skipped_failed:
+        sys.exit(1)
+
+
+def _execute(plan, out: Path, store, executor: str, jobs: int, rerun_failed: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .runner import Runner
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as bars:
+        def factory(stage):
+            task = bars.add_task(f"{stage.kind}: {stage.label}", total=None)
+
+            def update(done: int, total: int) -> None:
+                bars.update(task, completed=done, total=total)
+            return update
+
+        runner = Runner(plan, out, store, executor=executor, jobs=jobs, rerun_failed=rerun_failed,
+                        reporter=lambda msg: console.print(msg, highlight=False, markup=False),
+                        progress_factory=factory)
+        return runner.run()
+
+
+def _render_report(results: Path, fmt: str, stat: str | None, reference: str | None, reference_env: str | None,
+                   write_files: bool = False, title: str | None = None) -> str:
+    from .records import load_records
+    from .report import build_diagnostics_table, build_gain_table, build_table, load_reference
+
+    records = load_records(results)
+    cfg: dict[str, Any] = {}
+    plan_file = results / "plan.json" if results.is_dir() else None
+    suite_file = None
+    if plan_file and plan_file.is_file():
+        plan = json.loads(plan_file.read_text())
+        cfg = plan.get("config", {}).get("report", {}) or {}
+        suite_file = Path(plan.get("suite_file", "."))
+    stat = stat or cfg.get("stat", "mean_std")
+    ref_path = reference or cfg.get("reference")
+    ref_df = None
+    if ref_path:
+        p = Path(ref_path)
+        if reference is None and not p.is_absolute() and suite_file is not None:
+            p = suite_file.parent / p
+        ref_df = load_reference(p)
+    reference_env = reference_env or cfg.get("reference_env")
+    reps = int(cfg.get("reps", 2000))
+    reporter = _registry().get("reporters", fmt, field="--format")()
+    ok = [r for r in records if r.get("status") == "ok"]
+    failed = [r for r in records if r.get("status") != "ok"]
+    suite_name = records[0]["suite"] if records else "results"
+    table = build_table(records, stat=stat, reference=ref_df, reference_env=reference_env, reps=reps)
+    parts = [reporter.render(table, title=title or f"{suite_name}: success rate (%)")]
+    gains = build_gain_table(records, reps=reps)
+    if gains is not None:
+        parts.append(reporter.render(gains, title="KALM gain (points, 95% bootstrap CI over seeds)"))
+    diag = build_diagnostics_table(records)
+    if diag is not None:
+        parts.append(reporter.render(diag, title="LLM diagnostics (%)"))
+    cell = "mean ± std (n seeds)" if stat == "mean_std" else "IQM [95% stratified-bootstrap CI] (n seeds)"
+    footer = (f"{len(ok)} runs ok, {len(failed)} failed. Cells: {cell} of the per-seed success rate, each the mean "
+              f"over the last {ok[0].get('last_k', '?') if ok else '?'} checkpoints.")
+    if fmt == "md":
+        parts.append(footer + "\n")
+    text = "\n".join(parts)
+    if write_files and results.is_dir():
+        from .cache import atomic_write_text
+
+        atomic_write_text(results / f"table.{reporter.extension}", text)
+        csv = _registry().get("reporters", "csv")().render(table)
+        atomic_write_text(results / "table.csv", csv)
+    return text
+
+
+@cli.command()
+@click.argument("results", type=click.Path(exists=False))
+@click.option("--format", "fmt", default="md", show_default=True, help="md, csv, latex, or a reporter plugin.")
+@click.option("--stat", type=click.Choice(["mean_std", "iqm_ci"]), default=None,
+              help="Cell statistic [default: the suite's report.stat].")
+@click.option("--reference", type=click.Path(dir_okay=False), default=None,
+              help="CSV of published numbers shown beside ours [default: the suite's report.reference].")
+@click.option("--reference-env", default=None, help="Value of the reference CSV's env column to use.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to a file.")
+@click.option("--summary", is_flag=True, help="Also append the Markdown table to $GITHUB_STEP_SUMMARY.")
+def report(results: str, fmt: str, stat: str | None, reference: str | None, reference_env: str | None,
+           output: str | None, summary: bool) -> None:
+    """Print the results table of a results directory (or records .jsonl)."""
+    text = _render_report(Path(results), fmt, stat, reference, reference_env)
+    if output:
+        from .cache import atomic_write_text
+
+        atomic_write_text(Path(output), text)
+    else:
+        click.echo(text, nl=False)
+    if summary and os.environ.get("GITHUB_STEP_SUMMARY"):
+        md = text if fmt == "md" else _render_report(Path(results), "md", stat, reference, reference_env)
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as f:
+            f.write(md + "\n")
+
+
+@cli.command()
+@click.argument("results", type=click.Path(exists=False))
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None)
+@click.option("--all", "all_records", is_flag=True, help="Include records of runs no longer in the suite's plan.")
+def export(results: str, fmt: str, output: str | None, all_records: bool) -> None:
+    """Export run records as JSON lines or a tidy CSV (one row per run)."""
+    from .records import load_records, write_csv, write_jsonl
+
+    records = load_records(results, current_only=not all_records)
+    text = write_jsonl(records) if fmt == "jsonl" else write_csv(records)
+    if output:
+        from .cache import atomic_write_text
+
+        atomic_write_text(Path(output), text)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """Installed plugins: version, hooks, what each registered, and load failures."""
+    reg = _registry()
+    infos = [p.as_dict() for p in reg.plugins.values()]
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    for p in infos:
+        version = f" {p['version']}" if p["version"] else ""
+        origin = "built-in" if p["builtin"] else (p["distribution"] or p["module"])
+        click.echo(f"{p['name']}{version}  ({origin})")
+        if p["error"]:
+            click.echo(f"  FAILED TO LOAD: {p['error']}")
+        for kind, names in sorted(p["registered"].items()):
+            click.echo(f"  {kind}: {', '.join(names)}")
+    failures = reg.failures()
+    if failures:
+        click.echo(f"\n{len(failures)} plugin(s) failed to load and were skipped "
+                   "(KALM_BENCH_STRICT_PLUGINS=1 makes this an error).")
+
+
+@cli.command(name="ls")
+@click.argument("kind", type=click.Choice(["envs", "algorithms", "llm_backends", "grounding_tasks", "encoders",
+                                           "executors", "reporters"]))
+@click.option("--json", "as_json", is_flag=True)
+def ls_cmd(kind: str, as_json: bool) -> None:
+    """List what plugins registered of one kind, with presets, levels and options."""
+    reg = _registry()
+    rows = []
+    for name in reg.names(kind):
+        cls = reg.get(kind, name)
+        row = {"name": name, "plugin": reg.plugin_of(kind, name).name, "version": cls.version,
+               "description": cls.description, "options": sorted(cls.Config.model_fields),
+               "presets": sorted(cls.presets)}
+        if kind == "envs":
+            row["levels"] = dict(cls.levels)
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']}  [{row['plugin']}]  {row['description']}")
+        if row.get("levels"):
+            click.echo(f"  levels: {', '.join(row['levels'])}")
+        if row["presets"]:
+            click.echo(f"  presets: {', '.join(row['presets'])}")
+        if row["options"]:
+            click.echo(f"  options: {', '.join(row['options'])}")
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect or clear the stage-artifact cache."""
+
+
+@cache.command(name="ls")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--kind", default=None, help="dataset, grounding, rollouts, train or eval.")
+@click.option("--json", "as_json", is_flag=True)
+def cache_ls(cache_dir: str | None, kind: str | None, as_json: bool) -> None:
+    """List complete cache entries."""
+    from .cache import ArtifactStore
+
+    store = ArtifactStore(cache_dir)
+    entries = list(store.entries(kind))
+    if as_json:
+        click.echo(json.dumps([e.as_dict() for e in entries], indent=2))
+        return
+    total = 0
+    for e in entries:
+        total += e.size
+        wall = f"{e.wall_s:.1f}s" if e.wall_s is not None else "-"
+        click.echo(f"{e.kind:9s} {e.key[:12]}  {e.size / 1e6:8.2f} MB  {wall:>8s}  {e.label}")
+    click.echo(f"{len(entries)} entries, {total / 1e6:.1f} MB in {store.root}")
+
+
+@cache.command(name="clear")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--kind", default=None, help="Only this stage kind.")
+@click.option("--key", default=None, help="Only entries whose key starts with this.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def cache_clear(cache_dir: str | None, kind: str | None, key: str | None, yes: bool) -> None:
+    """Delete cache entries (all, one kind, or by key prefix)."""
+    from .cache import ArtifactStore
+
+    store = ArtifactStore(cache_dir)
+    what = f"{kind or 'all'} entries{f' with key {key}…' if key else ''} in {store.root}"
+    if not yes and not click.confirm(f"Delete {what}?"):
+        return
+    n = store.clear(kind, key)
+    click.echo(f"removed {n} entries")
+
+
+@cli.group()
+def data() -> None:
+    """Generate and inspect offline datasets."""
+
+
+@data.command(name="generate")
+@click.argument("env")
+@click.option("--episodes", "-n", type=click.IntRange(1), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--option", "-O", "options", multiple=True, metavar="KEY=VALUE",
+              help="Option passed to the env's generate_dataset (YAML value).")
+@click.option("--env-config", "-c", "env_config", multiple=True, metavar="KEY=VALUE", help="Env config field.")
+def data_generate(env: str, episodes: int, seed: int, out: str, options: tuple[str, ...],
+                  env_config: tuple[str, ...]) -> None:
+    """Generate N offline episodes of ENV's data level into a dataset directory."""
+    import time
+
+    from tqdm import tqdm
+
+    from .stages import seed_everything
+
+    cls = _registry().get("envs", env, field="ENV")
+    env_obj = cls(_kv(env_config, "--env-config"))
+    bar = tqdm(total=episodes, unit="ep", disable=not sys.stderr.isatty())
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    t0 = time.time()
+    seed_everything(seed)
+    ds = env_obj.generate_dataset(episodes, seed, progress, **_kv(options, "--option"))
+    bar.close()
+    ds.save(out)
+    click.echo(f"wrote {ds.n_episodes} episodes / {ds.n_transitions} transitions "
+               f"({100 * ds.success.mean():.1f}% successful) to {out} in {time.time() - t0:.1f} s")
+
+
+@data.command(name="info")
+@click.argument("path", type=click.Path(file_okay=False))
+def data_info(path: str) -> None:
+    """Verify a dataset directory (checksums, shapes) and print its manifest."""
+    from .datasets import TrajectoryDataset
+
+    ds = TrajectoryDataset.load(path)
+    click.echo(json.dumps(ds.manifest(), indent=2, sort_keys=True))
+
+
+def _kv(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise UserError(f"{p!r} must look like KEY=VALUE", field=flag)
+        k, v = p.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def _add_plugin_commands() -> None:
+    """Let plugins add sub-commands; a failing plugin is reported by `plugins`, not fatal here."""
+    reg = _registry()
+    for impl in reg.pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # noqa: BLE001 - isolation, as for the other hooks
+            info = reg.plugins.get(impl.plugin_name)
+            if info is not None and not info.error:
+                info.error = f"register_commands: {type(exc).__name__}: {exc}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        _add_plugin_commands()
+        cli.main(args=argv, prog_name="kalm-bench", standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished runs are recorded; run the same command again to resume", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,236 @@
+"""Suite → plan: resolve every name against the plugin registry and expand the stage graph.
+
+A run is (env, level, algorithm, variant, seed). Its stages::
+
+    dataset ──► grounding ──► rollouts[level']      (only when an LLM is needed)
+       │            │              │
+       └────────────┴──────────────┴──► train[algorithm, variant, level', seed] ──► eval[level]
+
+Each stage's key hashes its spec (names, versions, configs, seeds) and its upstream keys, so changing
+anything invalidates exactly the stages downstream of it. Base-variant training does not depend on the
+level, so one trained policy serves every level's evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from .cache import stage_key
+from .errors import UserError
+from .plugins import Registry
+from .suite import LoadedSuite
+
+STAGE_ORDER = ("dataset", "grounding", "rollouts", "train", "eval")
+
+
+@dataclass
+class Stage:
+    kind: str
+    key: str
+    spec: dict[str, Any]
+    deps: dict[str, str]  # role -> key of the upstream stage (its kind is the role's prefix)
+    label: str
+
+
+@dataclass
+class Run:
+    run_id: str
+    env: str
+    level: str
+    row: str  # table row label of the algorithm
+    algorithm: str
+    variant: str  # "base" | "kalm"
+    seed: int
+    imaginary_level: str | None
+    stages: dict[str, str] = field(default_factory=dict)  # kind -> key
+
+    def describe(self) -> str:
+        v = "+KALM" if self.variant == "kalm" else ""
+        return f"{self.row}{v} / {self.level} / seed {self.seed}"
+
+
+@dataclass
+class Plan:
+    loaded: LoadedSuite
+    stages: dict[str, Stage]
+    runs: list[Run]
+    levels: list[str] = field(default_factory=list)
+    data_level: str = ""
+
+    def stages_of(self, kind: str) -> list[Stage]:
+        return [s for s in self.stages.values() if s.kind == kind]
+
+
+def _component(registry: Registry, kind: str, name: str, preset: str | None, config: dict[str, Any],
+               loaded: LoadedSuite, loc: tuple) -> dict[str, Any]:
+    """Validate a (name, preset, config) triple; return its spec with versions."""
+    cls = registry.get(kind, name, file=loaded.source_of(loc + ("name",)), field=_f(loc, "name"))
+    try:
+        cfg = cls.make_config(preset=preset, overrides=config)
+    except KeyError:
+        valid = ", ".join(sorted(cls.presets)) or "none"
+        raise loaded.error(loc + ("preset",), f"unknown preset {preset!r} for {name!r}; valid: {valid}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        sub = tuple(err["loc"])
+        msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+        allowed = ", ".join(sorted(cls.Config.model_fields))
+        raise loaded.error(loc + ("config",) + sub, f"{msg} for {kind[:-1]} {name!r} (options: {allowed})") from None
+    plugin = registry.plugin_of(kind, name)
+    return {"name": name, "version": str(cls.version), "plugin_version": plugin.version,
+            "config": cfg.model_dump(mode="json")}
+
+
+def _f(loc: tuple, last: str) -> str:
+    from .suite import format_loc
+
+    return format_loc(loc + (last,))
+
+
+def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
+    s = loaded.suite
+    env_spec = _component(registry, "envs", s.env.name, None, s.env.config, loaded, ("env",))
+    env_cls = registry.get("envs", s.env.name)
+    env_levels = list(env_cls.levels)
+    levels = s.env.levels or env_levels
+    for i, lv in enumerate(levels):
+        if lv not in env_levels:
+            raise loaded.error(("env", "levels", i), f"unknown level {lv!r} for {s.env.name!r}; valid: "
+                               f"{', '.join(env_levels)}")
+    data_level = env_levels[0]
+
+    stages: dict[str, Stage] = {}
+
+    def add(kind: str, spec: dict[str, Any], deps: dict[str, str], label: str) -> str:
+        key = stage_key(kind, spec, deps)
+        stages.setdefault(key, Stage(kind, key, spec, deps, label))
+        return key
+
+    # -- dataset
+    if s.data.path:
+        path = loaded.resolve(s.data.path)
+        ds_manifest = _dataset_identity(path, loaded)
+        data_spec = {"env": env_spec, "path": str(path.resolve()), "content": ds_manifest}
+    else:
+        data_spec = {"env": env_spec, "episodes": s.data.episodes, "seed": s.data.seed, "options": s.data.options}
+    dataset_key = add("dataset", data_spec, {}, f"{s.env.name} data")
+
+    # -- encoder
+    encoder_spec = _component(registry, "encoders", s.encoder.name, None, s.encoder.config, loaded, ("encoder",))
+
+    # -- algorithms
+    algo_specs = []
+    needs_llm = False
+    for i, entry in enumerate(s.algorithms):
+        spec = _component(registry, "algorithms", entry.name, entry.preset, entry.config, loaded, ("algorithms", i))
+        cls = registry.get("algorithms", entry.name)
+        if env_cls.action_kind not in cls.action_kinds:
+            raise loaded.error(("algorithms", i, "name"), f"{entry.name!r} handles {'/'.join(cls.action_kinds)} "
+                               f"actions, but {s.env.name!r} has {env_cls.action_kind} actions")
+        if cls.needs_llm and "kalm" in entry.variants:
+            raise loaded.error(("algorithms", i, "variants"), f"{entry.name!r} acts through the LLM itself; "
+                               "it has no KALM variant")
+        needs_llm = needs_llm or cls.needs_llm or "kalm" in entry.variants
+        algo_specs.append((entry, spec, cls))
+
+    # -- LLM grounding and rollouts
+    grounding_key = None
+    if needs_llm:
+        if s.llm is None:
+            raise loaded.error(("llm",), "required: a KALM variant or an LLM-based algorithm needs an 'llm' section")
+        backend_spec = _component(registry, "llm_backends", s.llm.backend, s.llm.preset, s.llm.config, loaded,
+                                  ("llm",))
+        backend_spec["name"] = s.llm.backend
+        tasks = []
+        for j, t in enumerate(s.llm.grounding_tasks):
+            tcls = registry.get("grounding_tasks", t, file=loaded.source_of(("llm", "grounding_tasks", j)),
+                                field=f"llm.grounding_tasks[{j}]")
+            tasks.append({"name": t, "version": str(tcls.version),
+                          "plugin_version": registry.plugin_of("grounding_tasks", t).version})
+        if not tasks:
+            raise loaded.error(("llm", "grounding_tasks"), "at least one grounding task is needed")
+        grounding_key = add("grounding", {"env": env_spec, "backend": backend_spec, "tasks": tasks,
+                                          "seed": s.llm.seed}, {"dataset": dataset_key}, f"{s.llm.backend} grounding")
+
+    def rollouts_for(level: str, loc: tuple) -> tuple[str, str]:
+        target = s.rollouts.for_level.get(level, level)
+        if target not in env_levels:
+            raise loaded.error(("rollouts", "for_level", level), f"unknown level {target!r}")
+        if target not in s.rollouts.counts:
+            raise loaded.error(("rollouts", "counts"), f"KALM runs on level {level!r} need imaginary rollouts of "
+                               f"level {target!r}: add rollouts.counts.{target}")
+        key = add("rollouts", {"env": env_spec, "level": target, "count": s.rollouts.counts[target],
+                               "seed": s.rollouts.seed, "labels": s.rollouts.labels},
+                  {"dataset": dataset_key, "grounding": grounding_key}, f"{target} rollouts")
+        return target, key
+
+    for lv in s.rollouts.for_level:
+        if lv not in env_levels:
+            raise loaded.error(("rollouts", "for_level", lv), f"unknown level {lv!r}; valid: {', '.join(env_levels)}")
+    for lv in s.rollouts.counts:
+        if lv not in env_levels:
+            raise loaded.error(("rollouts", "counts", lv), f"unknown level {lv!r}; valid: {', '.join(env_levels)}")
+
+    if isinstance(s.eval.episodes, dict):
+        for lv in s.eval.episodes:
+            if lv not in env_levels:
+                raise loaded.error(("eval", "episodes", lv), f"unknown level {lv!r}; valid: {', '.join(env_levels)}")
+
+    train_common = {"steps": s.train.steps, "checkpoint_every": s.train.checkpoint_every}
+    runs: list[Run] = []
+    for entry, algo_spec, cls in algo_specs:
+        for variant in entry.variants:
+            for seed in s.seed_list:
+                base_train = None
+                for level in levels:
+                    deps = {"dataset": dataset_key}
+                    imag_level = None
+                    if cls.needs_llm:
+                        deps["grounding"] = grounding_key  # type: ignore[assignment]
+                    if variant == "kalm":
+                        imag_level, rkey = rollouts_for(level, ("rollouts",))
+                        deps["rollouts"] = rkey
+                        deps["grounding"] = grounding_key  # type: ignore[assignment]
+                    train_spec = {"env": env_spec, "algorithm": algo_spec, "encoder": encoder_spec, "seed": seed,
+                                  **train_common,
+                                  "imaginary_fraction": s.train.imaginary_fraction if variant == "kalm" else 0.0}
+                    if variant == "base" and base_train is not None:
+                        train_key = base_train
+                    else:
+                        train_key = add("train", train_spec, deps, f"{entry.row}{'+KALM' if variant == 'kalm' else ''}"
+                                        f"{f' ({imag_level})' if imag_level else ''} seed {seed}")
+                        if variant == "base":
+                            base_train = train_key
+                    n_eval = s.eval.episodes.get(level) if isinstance(s.eval.episodes, dict) else s.eval.episodes
+                    eval_key = add("eval", {"env": env_spec, "level": level, "episodes": n_eval, "seed": s.eval.seed,
+                                            "batch_size": s.eval.batch_size, "algorithm": algo_spec,
+                                            "encoder": encoder_spec},
+                                   {"train": train_key}, f"eval {entry.row}{'+KALM' if variant == 'kalm' else ''} "
+                                   f"{level} seed {seed}")
+                    run_stages = {"dataset": dataset_key, "train": train_key, "eval": eval_key}
+                    if "grounding" in deps:
+                        run_stages["grounding"] = grounding_key  # type: ignore[assignment]
+                    if "rollouts" in deps:
+                        run_stages["rollouts"] = deps["rollouts"]
+                    runs.append(Run(run_id=eval_key[:16], env=s.env.name, level=level, row=entry.row,
+                                    algorithm=entry.name, variant=variant, seed=seed, imaginary_level=imag_level,
+                                    stages=run_stages))
+    ordered = dict(sorted(stages.items(), key=lambda kv: STAGE_ORDER.index(kv[1].kind)))
+    return Plan(loaded, ordered, runs, levels=list(levels), data_level=data_level)
+
+
+def _dataset_identity(path: Any, loaded: LoadedSuite) -> dict[str, Any]:
+    """What identifies an existing dataset directory: its manifest's checksums and counts."""
+    import json
+
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        raise loaded.error(("data", "path"), f"{mpath} does not exist (expected a kalm-bench dataset directory)")
+    try:
+        m = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"corrupt manifest ({exc.msg})", file=mpath) from None
+    return {k: m.get(k) for k in ("files", "n_episodes", "n_transitions", "format_version")}

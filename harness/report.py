@@ -1,0 +1,162 @@
+"""Records → tables: rows = algorithm (± KALM), columns = levels (+ mean of the novel levels).
+
+Cells are ``mean ± std (n)`` of per-seed success rates in percent, or ``IQM [lo, hi] (n)`` with a
+stratified-bootstrap 95 % CI. A reference CSV of published numbers (``env, level, algorithm, kalm,
+success_mean_pct, std_pct``) adds a "paper" column beside each level.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .errors import UserError
+
+NOVEL = "novel mean"
+REFERENCE_COLUMNS = ("env", "level", "algorithm", "kalm", "success_mean_pct", "std_pct")
+
+
+def load_reference(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("reference CSV not found", file=path)
+    try:
+        df = pd.read_csv(path, dtype={"kalm": str})
+    except Exception as exc:
+        raise UserError(f"cannot read CSV: {exc}", file=path) from None
+    missing = [c for c in REFERENCE_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"missing column(s) {', '.join(missing)} (expected {', '.join(REFERENCE_COLUMNS)})",
+                        file=path)
+    df["kalm"] = df["kalm"].fillna("").str.strip().str.lower()
+    return df
+
+
+def row_label(algorithm: str, kalm: bool) -> str:
+    return f"{algorithm} +KALM" if kalm else algorithm
+
+
+def _levels(records: list[dict[str, Any]]) -> tuple[list[str], str | None]:
+    for r in records:
+        if r.get("levels"):
+            return list(r["levels"]), r.get("data_level")
+    seen = list(OrderedDict.fromkeys(r["level"] for r in records))
+    return seen, None
+
+
+def _groups(records: list[dict[str, Any]]) -> OrderedDict[tuple[str, bool], dict[str, dict[int, float]]]:
+    """(algorithm, kalm) → level → seed → success % (ok records only, in first-seen order)."""
+    out: OrderedDict[tuple[str, bool], dict[str, dict[int, float]]] = OrderedDict()
+    for r in sorted(records, key=lambda r: (r.get("row_index", 0), bool(r.get("kalm")), r["seed"])):
+        if r.get("status") != "ok":
+            continue
+        key = (r["algorithm"], bool(r.get("kalm")))
+        out.setdefault(key, {}).setdefault(r["level"], {})[int(r["seed"])] = 100.0 * float(r["success_rate"])
+    return out
+
+
+def _cell(values: list[float], stat: str, reps: int) -> str:
+    if not values:
+        return "–"
+    if stat == "iqm_ci":
+        point, lo, hi = stats.stratified_bootstrap_ci(np.array(values)[:, None], reps=reps)
+        return f"{point:.1f} [{lo:.1f}, {hi:.1f}] ({len(values)})"
+    m, sd, n = stats.mean_std(values)
+    return f"{m:.1f} ± {sd:.1f} ({n})"
+
+
+def _novel_matrix(per_level: dict[str, dict[int, float]], novel: list[str]) -> np.ndarray:
+    """(seeds × novel levels) for the seeds that have every novel level."""
+    seeds = sorted(set.intersection(*(set(per_level.get(lv, {})) for lv in novel))) if novel else []
+    return np.array([[per_level[lv][s] for lv in novel] for s in seeds]) if seeds else np.zeros((0, len(novel)))
+
+
+def build_table(records: list[dict[str, Any]], stat: str = "mean_std", reference: pd.DataFrame | None = None,
+                reference_env: str | None = None, reps: int = 2000) -> pd.DataFrame:
+    if stat not in ("mean_std", "iqm_ci"):
+        raise UserError(f"unknown statistic {stat!r}; valid: mean_std, iqm_ci", field="--stat")
+    levels, data_level = _levels(records)
+    novel = [lv for lv in levels if lv != (data_level or levels[0])] if levels else []
+    groups = _groups(records)
+    refname = {(r["algorithm"], bool(r.get("kalm"))): r.get("reference_name") or r["algorithm"] for r in records}
+    rows = []
+    for (algo, kalm), per_level in groups.items():
+        row: dict[str, str] = {"algorithm": row_label(algo, kalm)}
+        ref_means = {}
+        for lv in levels:
+            row[lv] = _cell(list(per_level.get(lv, {}).values()), stat, reps)
+            if reference is not None:
+                ref = _reference_cell(reference, reference_env, lv, refname[(algo, kalm)], kalm)
+                row[f"{lv} (paper)"] = ref[0]
+                ref_means[lv] = ref[1]
+        if len(novel) > 1:
+            mat = _novel_matrix(per_level, novel)
+            if stat == "iqm_ci" and len(mat):
+                point, lo, hi = stats.stratified_bootstrap_ci(mat, reps=reps)
+                row[NOVEL] = f"{point:.1f} [{lo:.1f}, {hi:.1f}] ({len(mat)})"
+            else:
+                row[NOVEL] = _cell(list(mat.mean(axis=1)) if len(mat) else [], "mean_std", reps)
+            if reference is not None:
+                vals = [ref_means.get(lv) for lv in novel]
+                row[f"{NOVEL} (paper)"] = f"{np.mean(vals):.1f}" if all(v is not None for v in vals) else "–"
+        rows.append(row)
+    if not rows:
+        raise UserError("no successful runs to report")
+    return pd.DataFrame(rows).set_index("algorithm")
+
+
+def _reference_cell(ref: pd.DataFrame, env: str | None, level: str, algorithm: str,
+                    kalm: bool) -> tuple[str, float | None]:
+    sel = ref[(ref["level"] == level) & (ref["algorithm"] == algorithm)]
+    if env:
+        sel = sel[sel["env"] == env]
+    flag = sel["kalm"]
+    sel = sel[(flag == ("yes" if kalm else "no")) | ((flag == "") & (not kalm))]
+    if sel.empty:
+        return "–", None
+    m = float(sel["success_mean_pct"].iloc[0])
+    sd = sel["std_pct"].iloc[0]
+    return (f"{m:.1f} ± {float(sd):.1f}" if pd.notna(sd) else f"{m:.1f}"), m
+
+
+def build_gain_table(records: list[dict[str, Any]], reps: int = 2000) -> pd.DataFrame | None:
+    """KALM − base success per level (points) with a 95 % bootstrap CI over seeds."""
+    levels, data_level = _levels(records)
+    groups = _groups(records)
+    rows = []
+    for (algo, kalm), per_level in groups.items():
+        if not kalm or (algo, False) not in groups:
+            continue
+        base = groups[(algo, False)]
+        row = {"algorithm": algo}
+        for lv in levels:
+            a, b = list(per_level.get(lv, {}).values()), list(base.get(lv, {}).values())
+            if a and b:
+                d, lo, hi = stats.difference_ci(a, b, reps=reps)
+                row[lv] = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+            else:
+                row[lv] = "–"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("algorithm") if rows else None
+
+
+def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """LLM diagnostics (one row per LLM backend/config used) and rollout goal-match rates per level."""
+    rows: dict[str, dict[str, Any]] = OrderedDict()
+    for r in records:
+        if r.get("status") != "ok" or not r.get("llm_backend"):
+            continue
+        key = r["data_keys"].get("grounding", "")[:8]
+        row = rows.setdefault(key, {"llm": f"{r['llm_backend']} ({key})"})
+        for k, v in (r.get("llm_diagnostics") or {}).items():
+            row[k] = f"{100 * v:.1f}" if isinstance(v, float) and 0 <= v <= 1 else str(v)
+        if r.get("rollouts") and r.get("imaginary_level") and r["rollouts"].get("goal_match_rate") is not None:
+            row[f"goal_match_{r['imaginary_level']}"] = f"{100 * r['rollouts']['goal_match_rate']:.1f}"
+    if not rows:
+        return None
+    return pd.DataFrame(list(rows.values())).set_index("llm").fillna("–")

@@ -1,0 +1,244 @@
+"""Execute a plan: shared upstream stages first, then one job per trained policy (train + its evaluations).
+
+Resume is the default: runs with an ``ok`` record are skipped, stages already in the cache are reused, and
+a run's record is written the moment its evaluation finishes. A failing stage fails only the runs that
+depend on it; the suite goes on and the failure is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .cache import ArtifactStore, atomic_write_text
+from .errors import UserError
+from .plan import Plan, Run, Stage
+from .plugins import get_registry
+from .records import SCHEMA_VERSION, git_sha, load_records, machine, write_jsonl, write_record
+from .stages import StageResult, run_stage, versions
+
+UPSTREAM_KINDS = ("dataset", "grounding", "rollouts")
+
+
+@dataclass
+class RunSummary:
+    planned: int = 0
+    skipped_ok: int = 0
+    skipped_failed: int = 0
+    ok: int = 0
+    failed: int = 0
+    stages_built: int = 0
+    stages_cached: int = 0
+    wall_s: float = 0.0
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, UserError):
+        return str(exc)
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = "; ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames)
+    return f"{type(exc).__name__}: {exc} [{where}]"
+
+
+def execute_chain(payload: dict[str, Any]) -> list[StageResult]:
+    """Worker entry point: build stages in order; after a failure the rest fail as its dependents."""
+    store = ArtifactStore(payload["root"])
+    progress = payload.get("progress")
+    results: list[StageResult] = []
+    failed: str | None = None
+    for stage in payload["stages"]:
+        if failed is not None:
+            results.append(StageResult(stage.key, stage.kind, False, False, f"upstream stage failed: {failed}"))
+            continue
+        was_done = store.done(stage.kind, stage.key)
+        t0 = time.time()
+        try:
+            run_stage(stage, store, progress(stage) if progress else None)
+            results.append(StageResult(stage.key, stage.kind, True, not was_done, wall_s=time.time() - t0))
+        except Exception as exc:  # recorded, never fatal for the suite
+            failed = f"{stage.label}: {_error_text(exc)}"
+            results.append(StageResult(stage.key, stage.kind, False, False, _error_text(exc),
+                                       wall_s=time.time() - t0))
+    return results
+
+
+class Runner:
+    def __init__(self, plan: Plan, output: Path, store: ArtifactStore, executor: str = "local", jobs: int = 1,
+                 rerun_failed: bool = False, reporter: Callable[[str], None] | None = None,
+                 progress_factory: Callable[[Stage], Callable[[int, int], None]] | None = None):
+        self.plan = plan
+        self.output = Path(output)
+        self.store = store
+        self.executor = get_registry().get("executors", executor, field="--executor")()
+        self.jobs = max(1, int(jobs))
+        self.rerun_failed = rerun_failed
+        self.say = reporter or (lambda msg: None)
+        self.progress_factory = progress_factory
+        self.stage_errors: dict[str, str] = {}
+        self.started_at = _now()
+        self.git_sha = git_sha()
+        self.versions = versions()
+        self.machine = machine()
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+    def _existing(self) -> dict[str, dict[str, Any]]:
+        if not (self.output / "records").is_dir():
+            return {}
+        return {r["run_id"]: r for r in load_records(self.output, current_only=False)}
+
+    def _write_plan(self) -> None:
+        s = self.plan.loaded.suite
+        atomic_write_text(self.output / "plan.json", json.dumps({
+            "suite": s.suite, "suite_version": s.version, "suite_file": str(self.plan.loaded.path),
+            "config": self.plan.loaded.merged, "run_ids": [r.run_id for r in self.plan.runs],
+            "planned_at": _now()}, indent=2, sort_keys=True, default=str))
+
+    # -- execution --------------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        t0 = time.time()
+        self.output.mkdir(parents=True, exist_ok=True)
+        self._write_plan()
+        summary = RunSummary(planned=len(self.plan.runs))
+        existing = self._existing()
+        todo: list[Run] = []
+        for run in self.plan.runs:
+            rec = existing.get(run.run_id)
+            if rec and rec.get("status") == "ok":
+                summary.skipped_ok += 1
+            elif rec and rec.get("status") == "failed" and not self.rerun_failed:
+                summary.skipped_failed += 1
+            else:
+                todo.append(run)
+        if summary.skipped_ok or summary.skipped_failed:
+            self.say(f"resuming: {summary.skipped_ok} run(s) already done, {summary.skipped_failed} failed earlier"
+                     + (" (use --rerun-failed to retry them)" if summary.skipped_failed else ""))
+
+        # Phase 1: shared upstream stages, kind by kind (each kind's stages are independent).
+        needed = {key for run in todo for key in run.stages.values()}
+        for kind in UPSTREAM_KINDS:
+            stages = [s for s in self.plan.stages_of(kind) if s.key in needed]
+            ready = []
+            for st in stages:
+                bad = [self.stage_errors[d] for d in st.deps.values() if d in self.stage_errors]
+                if bad:
+                    self.stage_errors[st.key] = f"upstream stage failed: {bad[0]}"
+                else:
+                    ready.append(st)
+            self._execute([[s] for s in ready], summary, lambda results: None)
+
+        # Phase 2: one job per trained policy: train, then evaluate it on each level; records as they finish.
+        by_train: dict[str, list[Run]] = defaultdict(list)
+        for run in todo:
+            by_train[run.stages["train"]].append(run)
+        chains = []
+        for train_key, runs in by_train.items():
+            upstream_bad = [self.stage_errors[k] for r in runs[:1] for kind, k in r.stages.items()
+                            if kind in UPSTREAM_KINDS and k in self.stage_errors]
+            if upstream_bad:
+                for run in runs:
+                    self._finish(run, summary, f"upstream stage failed: {upstream_bad[0]}")
+                continue
+            chains.append([self.plan.stages[train_key]] + [self.plan.stages[r.stages["eval"]] for r in runs])
+
+        def on_chain(results: list[StageResult]) -> None:
+            train_res = results[0]
+            for res in results[1:]:
+                run = next(r for r in by_train[train_res.key] if r.stages["eval"] == res.key)
+                self._finish(run, summary, None if res.ok else res.error)
+
+        self._execute(chains, summary, on_chain)
+        summary.wall_s = time.time() - t0
+        current = load_records(self.output, current_only=True)
+        atomic_write_text(self.output / "records.jsonl", write_jsonl(current))
+        summary.records = current
+        return summary
+
+    def _execute(self, chains: list[list[Stage]], summary: RunSummary,
+                 on_done: Callable[[list[StageResult]], None]) -> None:
+        if not chains:
+            return
+        payloads = [{"stages": chain, "root": str(self.store.root),
+                     "progress": self.progress_factory if (self.jobs == 1 and self.executor.name == "local") else None} for chain in chains]
+        for results in self.executor.map(execute_chain, payloads, self.jobs):
+            for res in results:
+                if res.ok:
+                    summary.stages_built += int(res.built)
+                    summary.stages_cached += int(not res.built)
+                else:
+                    self.stage_errors[res.key] = res.error or "failed"
+                    self.say(f"stage failed: {res.error}")
+            on_done(results)
+
+    def _finish(self, run: Run, summary: RunSummary, error: str | None) -> None:
+        record = self.make_record(run, error)
+        write_record(self.output, record)
+        if error is None:
+            summary.ok += 1
+        else:
+            summary.failed += 1
+        self.say(f"{'ok' if error is None else 'FAILED'}: {run.describe()}"
+                 + (f" success {record['success_rate']:.3f}" if error is None else f": {error}"))
+
+    def make_record(self, run: Run, error: str | None) -> dict[str, Any]:
+        s = self.plan.loaded.suite
+        entry = next(a for a in s.algorithms if a.row == run.row)
+        algo_spec = self.plan.stages[run.stages["train"]].spec["algorithm"]
+        train_spec = self.plan.stages[run.stages["train"]].spec
+        rec: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION, "run_id": run.run_id, "suite": s.suite, "suite_version": s.version,
+            "env": run.env, "level": run.level, "algorithm": run.row, "algorithm_name": run.algorithm,
+            "algorithm_config": {"type": algo_spec["name"], "params": algo_spec["config"]},
+            "algorithm_version": algo_spec["version"], "reference_name": entry.reference or run.row,
+            "row_index": [a.row for a in s.algorithms].index(run.row), "levels": self.plan.levels,
+            "data_level": self.plan.data_level,
+            "variant": run.variant, "kalm": run.variant == "kalm", "imaginary_level": run.imaginary_level,
+            "seed": run.seed, "eval_seed": s.eval.seed, "train_steps": train_spec["steps"],
+            "encoder": train_spec["encoder"]["name"], "data_keys": dict(run.stages),
+            "llm_backend": (s.llm.backend if s.llm and "grounding" in run.stages else None),
+            "llm_config": (self.plan.stages[run.stages["grounding"]].spec["backend"]["config"]
+                           if "grounding" in run.stages else None),
+            "status": "ok" if error is None else "failed", "error": error,
+            "git_sha": self.git_sha, "harness_version": __version__, "versions": self.versions,
+            "machine": self.machine, "started_at": self.started_at, "finished_at": _now(),
+        }
+        timings = {}
+        for kind, key in run.stages.items():
+            if self.store.done(kind, key):
+                m = self.store.manifest(kind, key)
+                timings[kind] = m.get("wall_s")
+                if kind == "grounding":
+                    rec["llm_diagnostics"] = m.get("diagnostics", {})
+                if kind == "rollouts":
+                    rec["rollouts"] = {k: m.get(k) for k in ("n_episodes", "n_transitions", "goal_match_rate")}
+                if kind == "eval":
+                    curve = m["curve"]
+                    k = min(s.eval.last_k, len(curve))
+                    last = [c["success_rate"] for c in curve[-k:]]
+                    rec.update({
+                        "curve": curve, "n_eval_episodes": m["n_cases"],
+                        "success_rate": float(np.mean(last)), "success_rate_last": curve[-1]["success_rate"],
+                        "success_rate_best": max(c["success_rate"] for c in curve),
+                        "return_mean": float(np.mean([c["return_mean"] for c in curve[-k:]])),
+                        "length_mean": float(np.mean([c["length_mean"] for c in curve[-k:]])),
+                        "last_k": k,
+                    })
+        rec["timings_s"] = timings
+        rec["wall_s"] = float(sum(v for v in timings.values() if v))
+        if error is None and "success_rate" not in rec:
+            rec.update(status="failed", error="evaluation artifact missing")
+        return rec

@@ -1,0 +1,234 @@
+"""Executing one stage: everything needed is in the stage's spec and its upstream artifacts.
+
+This module is what a worker process runs, so it rebuilds plugin objects from names and configs
+(``spec``) instead of receiving live objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import api
+from .cache import ArtifactStore
+from .datasets import TrajectoryDataset
+from .plan import Stage
+from .plugins import get_registry
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class StageResult:
+    key: str
+    kind: str
+    ok: bool
+    built: bool
+    error: str | None = None
+    wall_s: float | None = None
+
+
+def make_component(kind: str, spec: dict[str, Any]) -> Any:
+    cls = get_registry().get(kind, spec["name"])
+    return cls(cls.Config(**spec["config"]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    if "torch" in sys.modules or os.environ.get("KALM_BENCH_SEED_TORCH", "1") == "1":
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a dependency, but plugins may not need it
+            return
+        torch.manual_seed(seed)
+
+
+class Encoded:
+    """Instruction embeddings computed once per unique string."""
+
+    def __init__(self, encoder: api.TextEncoder):
+        self.encoder = encoder
+        self.cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        missing = sorted({t for t in texts if t not in self.cache})
+        if missing:
+            vecs = np.asarray(self.encoder.encode(missing), np.float32)
+            for t, v in zip(missing, vecs):
+                self.cache[t] = v
+        return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, self.encoder.dim), np.float32)
+
+
+def to_transitions(ds: TrajectoryDataset, table: list[str], index: dict[str, int],
+                   embeddings: np.ndarray) -> api.TransitionData:
+    terminals, timeouts = ds.end_flags()
+    ep_ids = ds.episode_index()
+    instr_ids = np.array([index[str(t)] for t in ds.instructions], np.int64)[ep_ids] if ds.n_episodes \
+        else np.zeros(0, np.int64)
+    return api.TransitionData(states=ds.states, actions=ds.actions, rewards=ds.rewards,
+                              next_states=ds.next_states, terminals=terminals, timeouts=timeouts,
+                              instruction_ids=instr_ids, embeddings=embeddings, instructions=table,
+                              episode_starts=ds.episode_starts)
+
+
+def _load_dataset(store: ArtifactStore, key: str, kind: str) -> TrajectoryDataset:
+    return TrajectoryDataset.load(store.path(kind, key) / "dataset", verify=False)
+
+
+def _train_inputs(stage_spec: dict[str, Any], deps: dict[str, str], store: ArtifactStore,
+                  with_data: bool = True) -> tuple[api.Algorithm, api.TrainContext, Encoded]:
+    env = make_component("envs", stage_spec["env"])
+    algo = make_component("algorithms", stage_spec["algorithm"])
+    encoder = Encoded(make_component("encoders", stage_spec["encoder"]))
+    real = _load_dataset(store, deps["dataset"], "dataset")
+    imag = _load_dataset(store, deps["rollouts"], "rollouts") if "rollouts" in deps else None
+    table = sorted({str(t) for t in real.instructions} | ({str(t) for t in imag.instructions} if imag else set()))
+    index = {t: i for i, t in enumerate(table)}
+    emb = encoder(table) if with_data else np.zeros((len(table), encoder.encoder.dim), np.float32)
+    real_td = to_transitions(real, table, index, emb)
+    imag_td = to_transitions(imag, table, index, emb) if imag is not None and imag.n_transitions else None
+    llm = None
+    if "grounding" in deps and getattr(type(algo), "needs_llm", False):
+        gspec = json.loads((store.path("grounding", deps["grounding"]) / "stage.json").read_text())["spec"]
+        llm = api.LLMHandle(make_component("llm_backends", gspec["backend"]),
+                            store.path("grounding", deps["grounding"]) / "model")
+    ctx = api.TrainContext(
+        config=algo.config, seed=int(stage_spec["seed"]), real=real_td, imaginary=imag_td,
+        imaginary_fraction=float(stage_spec["imaginary_fraction"]) if imag_td is not None else 0.0,
+        steps=int(stage_spec["steps"]), checkpoint_every=int(stage_spec["checkpoint_every"]),
+        action_kind=real.action_kind, action_size=int(real.action_size), workdir=Path("."),
+        save_checkpoint=lambda step, policy: None, llm=llm, env=env)
+    return algo, ctx, encoder
+
+
+def run_stage(stage: Stage, store: ArtifactStore, progress: Progress | None = None) -> dict[str, Any]:
+    """Build ``stage``'s artifact (if not cached). Returns its manifest."""
+    progress = progress or (lambda done, total: None)
+    builder = _BUILDERS[stage.kind]
+    meta = {"label": stage.label, "spec": stage.spec, "deps": stage.deps, "versions": versions()}
+    path, _ = store.build(stage.kind, stage.key, lambda tmp: builder(stage, store, tmp, progress), meta)
+    return json.loads((path / "stage.json").read_text())
+
+
+def _build_dataset(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:
+    spec = stage.spec
+    if "path" in spec:
+        ds = TrajectoryDataset.load(spec["path"])
+        if ds.env != spec["env"]["name"]:
+            from .errors import UserError
+
+            raise UserError(f"dataset is for env {ds.env!r}, the suite uses {spec['env']['name']!r}",
+                            file=Path(spec["path"]) / "manifest.json", field="env")
+    else:
+        env = make_component("envs", spec["env"])
+        seed_everything(int(spec["seed"]))
+        ds = env.generate_dataset(int(spec["episodes"]), int(spec["seed"]), progress, **spec["options"])
+    ds.save(out / "dataset")
+    return {"n_episodes": ds.n_episodes, "n_transitions": ds.n_transitions,
+            "success_rate": float(np.mean(ds.success)) if ds.n_episodes else None}
+
+
+def _build_grounding(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:
+    spec = stage.spec
+    env = make_component("envs", spec["env"])
+    backend = make_component("llm_backends", spec["backend"])
+    tasks = [get_registry().get("grounding_tasks", t["name"])() for t in spec["tasks"]]
+    dataset = _load_dataset(store, stage.deps["dataset"], "dataset")
+    seed_everything(int(spec["seed"]))
+    (out / "model").mkdir()
+    backend.ground(api.GroundingContext(dataset=dataset, env=env, tasks=tasks, seed=int(spec["seed"]),
+                                        workdir=out / "model", progress=progress))
+    diagnostics = backend.diagnostics(out / "model", env, dataset, int(spec["seed"]))
+    (out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, sort_keys=True))
+    return {"diagnostics": diagnostics}
+
+
+def _build_rollouts(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:
+    spec = stage.spec
+    env = make_component("envs", spec["env"])
+    gpath = store.path("grounding", stage.deps["grounding"])
+    gspec = json.loads((gpath / "stage.json").read_text())["spec"]
+    backend = make_component("llm_backends", gspec["backend"])
+    seed = int(spec["seed"])
+    goals = env.sample_goals(spec["level"], int(spec["count"]), seed)
+    seed_everything(seed)
+    ds = backend.imagine(api.ImagineContext(model_dir=gpath / "model", env=env, level=spec["level"], goals=goals,
+                                            seed=seed, labels=spec["labels"], progress=progress))
+    ds.save(out / "dataset")
+    return {"n_episodes": ds.n_episodes, "n_transitions": ds.n_transitions,
+            "goal_match_rate": float(np.mean(ds.success)) if ds.n_episodes else None}
+
+
+def _build_train(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:
+    algo, ctx, _ = _train_inputs(stage.spec, stage.deps, store)
+    ckpt_root = out / "checkpoints"
+    ckpt_root.mkdir()
+    saved: list[int] = []
+
+    def save_checkpoint(step: int, policy: api.Policy) -> None:
+        d = ckpt_root / f"{int(step):09d}"
+        d.mkdir(exist_ok=False)
+        policy.save(d)
+        saved.append(int(step))
+
+    ctx.workdir = out / "work"
+    ctx.workdir.mkdir()
+    ctx.save_checkpoint = save_checkpoint
+    ctx.progress = progress
+    seed_everything(ctx.seed)
+    algo.train(ctx)
+    if not saved:
+        raise RuntimeError(f"algorithm {algo.name!r} saved no checkpoint")
+    return {"checkpoints": saved, "train_transitions": len(ctx.real),
+            "imaginary_transitions": len(ctx.imaginary) if ctx.imaginary is not None else 0}
+
+
+def _build_eval(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:
+    spec = stage.spec
+    tpath = store.path("train", stage.deps["train"])
+    tstage = json.loads((tpath / "stage.json").read_text())
+    algo, ctx, encoder = _train_inputs(tstage["spec"], tstage["deps"], store, with_data=False)
+    env = ctx.env
+    assert env is not None
+    level = spec["level"]
+    n = spec["episodes"]
+    cases = env.test_cases(level, None if n is None else int(n), int(spec["seed"]))
+    curve = []
+    steps = tstage["checkpoints"]
+    for i, step in enumerate(steps):
+        policy = algo.load_policy(tpath / "checkpoints" / f"{step:09d}", ctx)
+        res = env.evaluate(policy, level, cases, int(spec["seed"]), embed=encoder,
+                           batch_size=int(spec["batch_size"]),
+                           progress=lambda d, t, i=i: progress(i * t + d, len(steps) * t))
+        curve.append({"step": step, "success_rate": res.success_rate, "return_mean": float(np.mean(res.returns)),
+                      "length_mean": float(np.mean(res.lengths))})
+    (out / "curve.json").write_text(json.dumps(curve, indent=2))
+    return {"curve": curve, "n_cases": len(cases)}
+
+
+_BUILDERS = {"dataset": _build_dataset, "grounding": _build_grounding, "rollouts": _build_rollouts,
+             "train": _build_train, "eval": _build_eval}
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of Python and the libraries that decide results (without importing them)."""
+    import importlib.metadata as md
+    import platform
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("kalm-bench", "numpy", "torch", "d3rlpy", "gymnasium", "mujoco", "metaworld", "transformers",
+                 "peft", "sentence-transformers"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = None
+    return out

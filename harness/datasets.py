@@ -211,9 +211,18 @@ class TrajectoryDataset:
             manifest = self.manifest()
             manifest["files"] = {"data.npz": sha256_file(tmp / "data.npz")}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            # Keep the old dataset until the new one is in place: a failed rename must lose nothing.
+            backup = path.with_name(f".{path.name}.old-{os.getpid()}") if path.exists() else None
+            if backup is not None:
+                os.rename(path, backup)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                if backup is not None:
+                    os.rename(backup, path)
+                raise
+            if backup is not None:
+                shutil.rmtree(backup, ignore_errors=True)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -13,6 +13,7 @@ level, so one trained policy serves every level's evaluation.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +66,9 @@ class Plan:
 
 
 def _component(registry: Registry, kind: str, name: str, preset: str | None, config: dict[str, Any],
-               loaded: LoadedSuite, loc: tuple) -> dict[str, Any]:
+               loaded: LoadedSuite, loc: tuple, name_field: str = "name") -> dict[str, Any]:
     """Validate a (name, preset, config) triple; return its spec with versions."""
-    cls = registry.get(kind, name, file=loaded.source_of(loc + ("name",)), field=_f(loc, "name"))
+    cls = registry.get(kind, name, file=loaded.source_of(loc + (name_field,)), field=_f(loc, name_field))
     try:
         cfg = cls.make_config(preset=preset, overrides=config)
     except KeyError:
@@ -142,8 +143,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
         if s.llm is None:
             raise loaded.error(("llm",), "required: a KALM variant or an LLM-based algorithm needs an 'llm' section")
         backend_spec = _component(registry, "llm_backends", s.llm.backend, s.llm.preset, s.llm.config, loaded,
-                                  ("llm",))
-        backend_spec["name"] = s.llm.backend
+                                  ("llm",), name_field="backend")
         tasks = []
         for j, t in enumerate(s.llm.grounding_tasks):
             tcls = registry.get("grounding_tasks", t, file=loaded.source_of(("llm", "grounding_tasks", j)),
@@ -215,7 +215,9 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                         run_stages["grounding"] = grounding_key  # type: ignore[assignment]
                     if "rollouts" in deps:
                         run_stages["rollouts"] = deps["rollouts"]
-                    runs.append(Run(run_id=eval_key[:16], env=s.env.name, level=level, row=entry.row,
+                    # Two rows may share a config (and so every stage); the row name keeps their runs apart.
+                    run_id = hashlib.sha256(f"{eval_key}:{entry.row}".encode()).hexdigest()[:16]
+                    runs.append(Run(run_id=run_id, env=s.env.name, level=level, row=entry.row,
                                     algorithm=entry.name, variant=variant, seed=seed, imaginary_level=imag_level,
                                     stages=run_stages))
     ordered = dict(sorted(stages.items(), key=lambda kv: STAGE_ORDER.index(kv[1].kind)))

@@ -1,0 +1,110 @@
+"""Stage keys: a change invalidates exactly what depends on it; builds are atomic and locked."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kalm_bench.cache import ArtifactStore
+from kalm_bench.plan import build_plan
+from kalm_bench.plugins import get_registry
+from kalm_bench.suite import load_suite
+
+
+def _keys(suite_file, *overrides):
+    plan = build_plan(load_suite(suite_file, list(overrides)), get_registry())
+    return {(s.kind, s.label): s.key for s in plan.stages.values()}, plan
+
+
+def _changed(a, b):
+    return sorted({kind for (kind, label), key in a.items() if b.get((kind, label)) != key})
+
+
+def test_plan_shape(core_env, suite_file):
+    keys, plan = _keys(suite_file)
+    kinds = [s.kind for s in plan.stages.values()]
+    # 2 seeds × (1 base policy shared by 3 levels + 2 KALM policies: seen and rephrase both train on the
+    # rephrase rollouts, so they share one policy, as in the paper)
+    assert kinds.count("train") == 2 * (1 + 2)
+    assert kinds.count("eval") == len(plan.runs) == 2 * 2 * 3
+    assert kinds.count("rollouts") == 2  # seen reuses the rephrase rollouts
+    assert kinds == sorted(kinds, key=["dataset", "grounding", "rollouts", "train", "eval"].index)
+    assert len({r.run_id for r in plan.runs}) == len(plan.runs)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("data.seed=5", ["dataset", "eval", "grounding", "rollouts", "train"]),
+    ("llm.config.accuracy=0.5", ["eval", "grounding", "rollouts", "train"]),
+    ("rollouts.seed=3", ["eval", "rollouts", "train"]),
+    ("algorithms[0].config.batch_size=7", ["eval", "train"]),
+    ("train.steps=16", ["eval", "train"]),
+    ("eval.seed=1", ["eval"]),
+    ("report.stat=iqm_ci", []),
+])
+def test_change_invalidates_exactly_its_dependents(core_env, suite_file, override, expected):
+    before, _ = _keys(suite_file)
+    after, _ = _keys(suite_file, override)
+    assert _changed(before, after) == expected
+
+
+def test_kalm_trainings_depend_on_rollouts_but_base_does_not(core_env, suite_file):
+    before, p1 = _keys(suite_file)
+    after, p2 = _keys(suite_file, "rollouts.counts.far=41")
+    changed = {label for (kind, label), key in before.items() if after.get((kind, label)) != key and kind == "train"}
+    assert changed == {"tabular-bc+KALM (far) seed 0", "tabular-bc+KALM (far) seed 1"}
+
+
+def test_plugin_version_is_part_of_the_key(core_env, suite_file, monkeypatch):
+    import kb_testplugins
+
+    before, _ = _keys(suite_file)
+    monkeypatch.setattr(kb_testplugins.TabularBC, "version", "2")
+    after, _ = _keys(suite_file)
+    assert _changed(before, after) == ["eval", "train"]
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    def boom(out):
+        (out / "half-written").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        store.build("train", "ab" * 32, boom, {})
+    assert not store.done("train", "ab" * 32)
+    assert list(store.entries()) == []
+    assert not list((tmp_path / "train").rglob("half-written"))
+
+
+def test_concurrent_builds_of_one_key_run_once(tmp_path):
+    store = ArtifactStore(tmp_path)
+    calls = []
+    gate = threading.Barrier(4)
+
+    def build(out):
+        calls.append(1)
+        (out / "x").write_text("1")
+
+    def worker():
+        gate.wait()
+        store.build("dataset", "cd" * 32, build, {"label": "t"})
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert [e.key for e in store.entries()] == ["cd" * 32]
+
+
+def test_cache_ls_and_clear(tmp_path):
+    store = ArtifactStore(tmp_path)
+    store.build("dataset", "01" * 32, lambda out: (out / "f").write_text("abc") and None, {"label": "d"})
+    store.build("train", "02" * 32, lambda out: None, {"label": "t"})
+    assert {e.kind for e in store.entries()} == {"dataset", "train"}
+    assert store.clear(kind="train") == 1
+    assert [e.kind for e in store.entries()] == ["dataset"]
+    assert store.clear() == 1 and list(store.entries()) == []

@@ -1,0 +1,147 @@
+"""Running suites: records, failures, resume after a kill, parallel jobs, atomic record writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import run_cli
+from kalm_bench.cache import ArtifactStore
+from kalm_bench.plan import build_plan
+from kalm_bench.plugins import get_registry
+from kalm_bench.records import load_records, write_csv, write_record
+from kalm_bench.runner import Runner
+from kalm_bench.suite import load_suite
+
+REQUIRED = {"run_id", "suite", "suite_version", "env", "level", "algorithm", "algorithm_config", "variant", "kalm",
+            "llm_backend", "data_keys", "seed", "eval_seed", "n_eval_episodes", "success_rate", "return_mean",
+            "timings_s", "status", "error", "git_sha", "versions", "curve", "started_at", "finished_at"}
+
+
+def _run(suite_file, out, *overrides, **kw):
+    plan = build_plan(load_suite(suite_file, list(overrides)), get_registry())
+    return Runner(plan, out, ArtifactStore(), **kw).run(), plan
+
+
+def test_records_have_every_field_and_are_deterministic(core_env, suite_file):
+    summary, plan = _run(suite_file, core_env / "a")
+    assert summary.ok == len(plan.runs) == 12 and summary.failed == 0
+    recs = load_records(core_env / "a")
+    assert len(recs) == 12
+    for r in recs:
+        assert REQUIRED <= set(r), REQUIRED - set(r)
+        assert r["status"] == "ok" and 0.0 <= r["success_rate"] <= 1.0
+        assert r["versions"]["python"] and r["algorithm_config"]["type"] == "tabular-bc"
+        assert len(r["curve"]) == 3 and r["last_k"] == 3
+        assert r["success_rate"] == pytest.approx(sum(c["success_rate"] for c in r["curve"]) / 3)
+    kalm = [r for r in recs if r["kalm"]]
+    assert {r["imaginary_level"] for r in kalm} == {"rephrase", "far"}
+    assert all(r["llm_diagnostics"]["explain_acc_seen"] == 1.0 for r in kalm)
+    # Same seeds, fresh cache and output: identical results.
+    os.environ["KALM_BENCH_CACHE"] = str(core_env / "cache2")
+    _run(suite_file, core_env / "b")
+    again = {r["run_id"]: r["success_rate"] for r in load_records(core_env / "b")}
+    assert again == {r["run_id"]: r["success_rate"] for r in recs}
+
+
+def test_second_run_reuses_everything(core_env, suite_file):
+    _run(suite_file, core_env / "a")
+    summary, _ = _run(suite_file, core_env / "a")
+    assert summary.skipped_ok == 12 and summary.stages_built == 0 and summary.ok == 0
+    # A new output directory re-evaluates nothing either: every stage comes from the cache.
+    summary, _ = _run(suite_file, core_env / "c")
+    assert summary.ok == 12 and summary.stages_built == 0
+
+
+def test_failing_run_is_recorded_and_the_suite_goes_on(core_env, suite_file):
+    text = suite_file.read_text().replace(
+        "  - {name: tabular-bc, variants: [base, kalm]}",
+        "  - {name: tabular-bc, variants: [base, kalm]}\n  - {name: tabular-bc, label: broken, config: {fail: true}}")
+    suite_file.write_text(text)
+    summary, _ = _run(suite_file, core_env / "a")
+    assert summary.ok == 12 and summary.failed == 6
+    recs = load_records(core_env / "a")
+    broken = [r for r in recs if r["algorithm"] == "broken"]
+    assert len(broken) == 6 and all(r["status"] == "failed" for r in broken)
+    assert all("training failed on purpose" in r["error"] for r in broken)
+    # Without --rerun-failed they stay failed; with it they are retried (and fail again here).
+    summary, _ = _run(suite_file, core_env / "a")
+    assert summary.skipped_failed == 6 and summary.ok == 0
+    summary, _ = _run(suite_file, core_env / "a", rerun_failed=True)
+    assert summary.failed == 6 and summary.skipped_ok == 12
+    summary, _ = _run(suite_file, core_env / "a", "algorithms[1].config.fail=false", rerun_failed=True)
+    assert summary.failed == 0 and summary.ok == 6
+
+
+def test_failing_upstream_stage_fails_its_runs_only(core_env, suite_file):
+    summary, _ = _run(suite_file, core_env / "a", "data.options.fail=true")
+    assert summary.failed == 12
+    assert all("generation failed on purpose" in r["error"] for r in load_records(core_env / "a"))
+
+
+def test_resume_after_kill_loses_and_duplicates_nothing(core_env, suite_file):
+    out = core_env / "res"
+    env = {"KB_TEST_KILL_AFTER_TRAINS": "2", "KB_TEST_COUNTER": str(core_env / "counter")}
+    killed = run_cli("run", str(suite_file), "-o", str(out), env=env)
+    assert killed.returncode == 137  # died like a SIGKILL, in the third training
+    first = {p.name for p in (out / "records").glob("*.json")}
+    assert 0 < len(first) < 12
+    assert not list(out.rglob("*.tmp"))
+    # Resume: nothing finished is recomputed; the counter tells how many trainings ran this time.
+    (core_env / "counter").write_text("0")
+    resumed = run_cli("run", str(suite_file), "-o", str(out), env={**env, "KB_TEST_KILL_AFTER_TRAINS": "100"})
+    assert resumed.returncode == 0, resumed.stderr
+    recs = load_records(out)
+    assert len(recs) == 12 and len({r["run_id"] for r in recs}) == 12
+    assert int((core_env / "counter").read_text()) == 6 - 2  # only the trainings not finished before the kill
+    assert len((out / "records.jsonl").read_text().splitlines()) == 12
+    fresh = run_cli("run", str(suite_file), "-o", str(core_env / "fresh"),
+                    env={"KALM_BENCH_CACHE": str(core_env / "cache-fresh")}, check=True)
+    del fresh
+    ref = {r["run_id"]: r["success_rate"] for r in load_records(core_env / "fresh")}
+    assert {r["run_id"]: r["success_rate"] for r in recs} == ref
+
+
+def test_parallel_jobs_give_the_same_records(core_env, suite_file):
+    proc = run_cli("run", str(suite_file), "-o", str(core_env / "par"), "--jobs", "2", check=True)
+    assert "12 ok" in proc.stdout
+    os.environ["KALM_BENCH_CACHE"] = str(core_env / "cache-serial")
+    _run(suite_file, core_env / "ser")
+    par = {r["run_id"]: r["success_rate"] for r in load_records(core_env / "par")}
+    ser = {r["run_id"]: r["success_rate"] for r in load_records(core_env / "ser")}
+    assert par == ser
+
+
+def test_record_write_is_atomic(core_env, monkeypatch):
+    out = core_env / "res"
+    write_record(out, {"run_id": "r1", "status": "ok", "success_rate": 0.5})
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        write_record(out, {"run_id": "r1", "status": "ok", "success_rate": 0.9})
+    monkeypatch.undo()
+    assert json.loads((out / "records" / "r1.json").read_text())["success_rate"] == 0.5
+    assert [p.name for p in (out / "records").iterdir()] == ["r1.json"]
+
+
+def test_export_csv_and_jsonl(core_env, suite_file):
+    _run(suite_file, core_env / "a")
+    proc = run_cli("export", str(core_env / "a"), "--format", "csv", check=True)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("run_id,suite,") and len(lines) == 13
+    jl = run_cli("export", str(core_env / "a"), check=True).stdout.strip().splitlines()
+    assert len(jl) == 12 and json.loads(jl[0])["suite"] == "line"
+    assert write_csv([]).startswith("run_id")
+
+
+def test_corrupt_record_is_a_clear_error(core_env, suite_file):
+    _run(suite_file, core_env / "a")
+    victim = next((core_env / "a" / "records").glob("*.json"))
+    victim.write_text('{"run_id": "x", "success')
+    proc = run_cli("report", str(core_env / "a"))
+    assert proc.returncode == 2 and victim.name in proc.stderr and "corrupt record" in proc.stderr

@@ -1,0 +1,109 @@
+"""Table statistics against hand-computed values, and the table layout."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kalm_bench import stats
+from kalm_bench.errors import UserError
+from kalm_bench.report import build_gain_table, build_table, load_reference
+
+
+def test_mean_std_is_sample_std():
+    m, sd, n = stats.mean_std([0.2, 0.4, 0.9])
+    assert (m, n) == (pytest.approx(0.5), 3)
+    assert sd == pytest.approx(math.sqrt(0.13))  # ((.3² + .1² + .4²) / (3 − 1)) ** .5
+    assert stats.mean_std([0.7]) == (0.7, 0.0, 1)
+
+
+def test_iqm_hand_computed():
+    assert stats.iqm(np.arange(1, 9)) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert stats.iqm(np.array([0, 10, 20, 30, 1000])) == pytest.approx(20.0)  # one trimmed each side
+
+
+def test_stratified_bootstrap_is_reproducible_and_brackets_the_point():
+    x = np.array([[10, 50], [20, 60], [30, 70], [40, 80]], float)
+    a = stats.stratified_bootstrap_ci(x, reps=500, seed=3)
+    b = stats.stratified_bootstrap_ci(x, reps=500, seed=3)
+    assert a == b
+    point, lo, hi = a
+    assert point == pytest.approx(stats.iqm(x)) and lo <= point <= hi
+    const = stats.stratified_bootstrap_ci(np.full((3, 2), 5.0), reps=200)
+    assert const == (5.0, 5.0, 5.0)
+
+
+def test_stratification_keeps_columns_apart():
+    # Column 0 is all 0, column 1 all 100: every resample keeps one of each per row, so the mean is 50.
+    x = np.array([[0.0, 100.0]] * 5)
+    point, lo, hi = stats.stratified_bootstrap_ci(x, statistic=np.mean, reps=300)
+    assert (point, lo, hi) == (50.0, 50.0, 50.0)
+
+
+def test_difference_ci_and_wilson():
+    assert stats.difference_ci([0.6] * 3, [0.2] * 3) == pytest.approx((0.4, 0.4, 0.4))
+    lo, hi = stats.wilson_interval(8, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
+    assert stats.wilson_interval(0, 10)[0] == 0.0
+
+
+def _rec(algo, kalm, level, seed, rate, **kw):
+    return {"run_id": f"{algo}{kalm}{level}{seed}", "algorithm": algo, "kalm": kalm, "level": level, "seed": seed,
+            "success_rate": rate, "status": "ok", "levels": ["seen", "a", "b"], "data_level": "seen", **kw}
+
+
+RECORDS = [
+    _rec("CQL", False, "seen", 0, 0.2), _rec("CQL", False, "seen", 1, 0.4), _rec("CQL", False, "seen", 2, 0.9),
+    _rec("CQL", False, "a", 0, 0.1), _rec("CQL", False, "a", 1, 0.5),
+    _rec("CQL", False, "b", 0, 0.3), _rec("CQL", False, "b", 1, 0.7),
+    _rec("CQL", True, "seen", 0, 0.5), _rec("CQL", True, "a", 0, 0.6), _rec("CQL", True, "b", 0, 0.8),
+    _rec("CQL", True, "seen", 1, 0.5), _rec("CQL", True, "a", 1, 0.6), _rec("CQL", True, "b", 1, 0.8),
+    {**_rec("CQL", False, "a", 2, 0.99), "status": "failed"},  # failed runs never enter a cell
+]
+
+
+def test_table_cells_hand_computed():
+    t = build_table(RECORDS)
+    assert list(t.columns) == ["seen", "a", "b", "novel mean"]
+    assert list(t.index) == ["CQL", "CQL +KALM"]
+    assert t.loc["CQL", "seen"] == "50.0 ± 36.1 (3)"
+    assert t.loc["CQL", "a"] == "30.0 ± 28.3 (2)"
+    # novel mean per seed: seed 0 (10 + 30) / 2 = 20, seed 1 (50 + 70) / 2 = 60; seed 2 lacks levels a, b
+    assert t.loc["CQL", "novel mean"] == "40.0 ± 28.3 (2)"
+    assert t.loc["CQL +KALM", "b"] == "80.0 ± 0.0 (2)"
+
+
+def test_iqm_table_and_gain_table():
+    t = build_table(RECORDS, stat="iqm_ci", reps=200)
+    assert t.loc["CQL +KALM", "a"] == "60.0 [60.0, 60.0] (2)"
+    g = build_gain_table(RECORDS, reps=200)
+    assert g.loc["CQL", "b"] == "+30.0 [+10.0, +50.0]"  # 80 − mean(30, 70) with control resampled
+    with pytest.raises(UserError):
+        build_table(RECORDS, stat="median")
+
+
+def test_reference_side_by_side(tmp_path):
+    ref = tmp_path / "ref.csv"
+    ref.write_text("env,level,algorithm,kalm,success_mean_pct,error_bar_pct,std_pct,source\n"
+                   "clevr,seen,CQL,no,60.0,1.0,2.0,figure\nclevr,a,CQL,yes,33.3,,,figure\n"
+                   "clevr,b,CQL,yes,20.0,0.5,1.0,figure\nother,seen,CQL,no,1.0,0.5,1.0,figure\n")
+    t = build_table(RECORDS, reference=load_reference(ref), reference_env="clevr")
+    assert t.loc["CQL", "seen (paper)"] == "60.0 ± 2.0"
+    assert t.loc["CQL +KALM", "a (paper)"] == "33.3"
+    assert t.loc["CQL +KALM", "novel mean (paper)"] == "26.6"  # (33.3 + 20.0) / 2, rounded
+    assert t.loc["CQL", "a (paper)"] == "–"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("env,level\nx,y\n")
+    with pytest.raises(UserError, match="missing column"):
+        load_reference(bad)
+
+
+def test_shipped_paper_reference_loads():
+    from conftest import ROOT
+
+    df = load_reference(ROOT / "suites" / "reference" / "kalm_paper_results.csv")
+    cql = df[(df.env == "clevr") & (df.level == "rephrase") & (df.algorithm == "CQL") & (df.kalm == "yes")]
+    assert len(cql) == 1 and isinstance(df, pd.DataFrame)

@@ -132,25 +132,15 @@ def _execute(plan, out: Path, store, executor: str, jobs: int, rerun_failed: boo
 def _render_report(results: Path, fmt: str, stat: str | None, reference: str | None, reference_env: str | None,
                    write_files: bool = False, title: str | None = None) -> str:
     from .records import load_records
-    from .report import build_diagnostics_table, build_gain_table, build_table, load_reference
+    from .report import build_diagnostics_table, build_gain_table, build_table
 
     records = load_records(results)
     cfg: dict[str, Any] = {}
     plan_file = results / "plan.json" if results.is_dir() else None
-    suite_file = None
     if plan_file and plan_file.is_file():
-        plan = json.loads(plan_file.read_text())
-        cfg = plan.get("config", {}).get("report", {}) or {}
-        suite_file = Path(plan.get("suite_file", "."))
+        cfg = json.loads(plan_file.read_text()).get("config", {}).get("report", {}) or {}
     stat = stat or cfg.get("stat", "mean_std")
-    ref_path = reference or cfg.get("reference")
-    ref_df = None
-    if ref_path:
-        p = Path(ref_path)
-        if reference is None and not p.is_absolute() and suite_file is not None:
-            p = suite_file.parent / p
-        ref_df = load_reference(p)
-    reference_env = reference_env or cfg.get("reference_env")
+    ref_df, reference_env = _reference_for(results, reference, reference_env)
     reps = int(cfg.get("reps", 2000))
     reporter = _registry().get("reporters", fmt, field="--format")()
     ok = [r for r in records if r.get("status") == "ok"]
@@ -203,6 +193,46 @@ def report(results: str, fmt: str, stat: str | None, reference: str | None, refe
         md = text if fmt == "md" else _render_report(Path(results), "md", stat, reference, reference_env)
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as f:
             f.write(md + "\n")
+
+
+@cli.command()
+@click.argument("results", type=click.Path(exists=False))
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for the PNG files [default: RESULTS itself].")
+@click.option("--reference", type=click.Path(dir_okay=False), default=None,
+              help="CSV of published numbers drawn beside ours [default: the suite's report.reference].")
+@click.option("--reference-env", default=None, help="Value of the reference CSV's env column to use.")
+def plot(results: str, out_dir: str | None, reference: str | None, reference_env: str | None) -> None:
+    """Draw success-rate bars per level (paper beside ours) and learning curves as PNG."""
+    from .plot import plot_bars, plot_curves
+    from .records import load_records
+
+    path = Path(results)
+    records = load_records(path)
+    ref_df, ref_env = _reference_for(path, reference, reference_env)
+    out = Path(out_dir) if out_dir else (path if path.is_dir() else path.parent)
+    bars = plot_bars(records, out / "success_bars.png", ref_df, ref_env)
+    curves = plot_curves(records, out / "learning_curves.png")
+    click.echo(f"wrote {bars} and {curves}")
+
+
+def _reference_for(results: Path, reference: str | None, reference_env: str | None):
+    from .report import load_reference
+
+    cfg: dict[str, Any] = {}
+    suite_file = None
+    plan_file = results / "plan.json" if results.is_dir() else None
+    if plan_file and plan_file.is_file():
+        plan = json.loads(plan_file.read_text())
+        cfg = plan.get("config", {}).get("report", {}) or {}
+        suite_file = Path(plan.get("suite_file", "."))
+    ref_path = reference or cfg.get("reference")
+    if not ref_path:
+        return None, None
+    p = Path(ref_path)
+    if reference is None and not p.is_absolute() and suite_file is not None:
+        p = suite_file.parent / p
+    return load_reference(p), reference_env or cfg.get("reference_env")
 
 
 @cli.command()

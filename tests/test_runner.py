@@ -145,3 +145,16 @@ def test_corrupt_record_is_a_clear_error(core_env, suite_file):
     victim.write_text('{"run_id": "x", "success')
     proc = run_cli("report", str(core_env / "a"))
     assert proc.returncode == 2 and victim.name in proc.stderr and "corrupt record" in proc.stderr
+
+
+def test_plot_writes_pngs(core_env, suite_file):
+    pytest.importorskip("matplotlib")
+    _run(suite_file, core_env / "a")
+    ref = core_env / "ref.csv"
+    ref.write_text("env,level,algorithm,kalm,success_mean_pct,error_bar_pct,std_pct,source\n"
+                   "line,seen,tabular-bc,no,60.0,1.0,2.0,figure\n")
+    proc = run_cli("plot", str(core_env / "a"), "--reference", str(ref), "--reference-env", "line", check=True)
+    for name in ("success_bars.png", "learning_curves.png"):
+        data = (core_env / "a" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    assert "success_bars.png" in proc.stdout

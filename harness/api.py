@@ -204,6 +204,7 @@ class PolicyBatch:
     initial_states: np.ndarray  # (B, S)
     history_states: list[np.ndarray] = field(default_factory=list)  # per episode (t+1, S)
     history_actions: list[np.ndarray] = field(default_factory=list)  # per episode (t, ...) actions
+    history_rewards: list[np.ndarray] = field(default_factory=list)  # per episode (t,) rewards received
 
     @property
     def observations(self) -> np.ndarray:

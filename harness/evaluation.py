@@ -41,6 +41,7 @@ def evaluate_batched(env_plugin: Environment, policy: Policy, level: str, cases:
             init = np.stack(states)
             hist_s = [[s] for s in states]
             hist_a: list[list[Any]] = [[] for _ in idx]
+            hist_r: list[list[float]] = [[] for _ in idx]
             active = list(range(len(idx)))
             t = 0
             while active and t < horizon:
@@ -52,6 +53,7 @@ def evaluate_batched(env_plugin: Environment, policy: Policy, level: str, cases:
                     initial_states=init[active],
                     history_states=[np.stack(hist_s[j]) for j in active],
                     history_actions=[np.asarray(hist_a[j]) for j in active],
+                    history_rewards=[np.asarray(hist_r[j], np.float32) for j in active],
                 )
                 actions = np.asarray(policy.act(batch))
                 still = []
@@ -63,6 +65,7 @@ def evaluate_batched(env_plugin: Environment, policy: Policy, level: str, cases:
                     lengths[i] += 1
                     hist_s[j].append(np.asarray(obs, np.float32))
                     hist_a[j].append(a)
+                    hist_r[j].append(float(reward))
                     if info.get("is_success", False):
                         success[i] = True
                     if not (terminated or truncated):

@@ -1,0 +1,45 @@
+"""Suite-settable options of the CLEVR-Robot environment."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from kalm_bench.api import StrictConfig
+
+
+class ClevrConfig(StrictConfig):
+    """Options of ``clevr-robot``. The defaults are the corrected behaviour; the ``original`` preset
+    switches on KALM's evaluation quirks."""
+
+    stale_scene: bool = Field(False, description=(
+        "Reproduce KALM's evaluation reset: the first push of a test case aims at the balls of a discarded "
+        "random scene (the env's cached scene graph is not refreshed when the case's positions are written)."))
+    hard_obs: Literal["xy", "kalm15"] = Field("xy", description=(
+        "Numbers the hard-level ORDER/SORT checks read: 'xy' = the 10 ball coordinates; 'kalm15' = "
+        "ImagineBench's scrambled slice of the 15-number observation."))
+    easy_check: Literal["action", "state", "state_any"] = Field("action", description=(
+        "Easy-level success: 'action' = KALM's step_level_a (the push's ball and direction); 'state' = the "
+        "goal ball moved >= 0.15 in the direction; 'state_any' = KALM's step_level_s (any ball did)."))
+    easy_still: bool = Field(False, description="Include STILL ('do not move the X ball') goals in the easy level.")
+    reward: Literal["kalm", "imaginebench"] = Field("kalm", description=(
+        "'kalm' = KALM's data (10 x decrease of the distance to the target point, +100 on success); "
+        "'imaginebench' = ImagineBench's BallEnv rewards."))
+    goal_files: dict[str, str] = Field(default_factory=dict, description=(
+        "Level -> goal file (.json in kalm-bench's format, or KALM's .npy prompt file) replacing the "
+        "level's built-in goals."))
+    trust_pickle: bool = Field(False, description="Allow loading .npy goal files (pickles) from goal_files.")
+    compat_patches: bool = Field(True, description=(
+        "Apply the two MuJoCo compatibility patches that reproduce KALM's dynamics (off = raw modern MuJoCo)."))
+    expert_epsilon: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "Probability that the data-generating expert takes a uniformly random push."))
+
+    @field_validator("goal_files")
+    @classmethod
+    def _known_levels(cls, value: dict[str, str]) -> dict[str, str]:
+        levels = ("seen", "rephrase", "easy", "hard")
+        bad = sorted(set(value) - set(levels))
+        if bad:
+            raise ValueError(f"goal_files has unknown level(s) {bad}; levels are {list(levels)}")
+        return value

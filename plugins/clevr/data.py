@@ -1,0 +1,376 @@
+"""Offline data for CLEVR-Robot: generation with the scripted expert, import of KALM's released
+``clevr_robot.npy``, open-loop replay in the simulator, and export to Minari.
+
+Datasets use kalm-bench's trajectory format (``kalm_bench.datasets``: ``manifest.json`` + ``data.npz``, no
+pickles). For this env: states are the 10 ball coordinates, actions are push indices 0..39, goals are the
+JSON goal dicts of :mod:`.goals`, and ``attrs["instructions_by_goal"]`` lists every phrasing of each goal
+(KALM's grounding samples an instruction per goal and epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import goals as G
+from . import language as L
+from . import physics as P
+from .config import ClevrConfig
+from .tasks import level_rng
+
+ENV_NAME = "clevr-robot"
+EXPERT_NAME = "pair-lookahead-v1"
+KALM_DATASET_SHA256 = "546f04c70f06fa9e9a084c9adb6c5ef2eff97eef5d78f794ef80842ffe0288f2"
+
+
+def _user_error(msg: str, file: Any = None, field: str | None = None) -> Exception:
+    from kalm_bench.errors import UserError
+
+    return UserError(msg, file=file, field=field)
+
+
+def _instruction_table(goals: list[dict[str, Any]]) -> dict[str, list[str]]:
+    return {G.goal_key(g): L.seen_instructions(g) for g in goals}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def generate_episode(sim: P.ClevrSim, goal: dict[str, Any], rng: np.random.Generator, *, epsilon: float,
+                     reward_variant: str, horizon: int = 50):
+    """One expert episode for a pair goal: (states (T+1, 10), actions (T,), rewards (T,), success, s0)."""
+    from kalm_bench.datasets import Episode
+
+    from .expert import PairExpert
+
+    while True:
+        s0 = P.sample_scene(rng)
+        if not G.pair_success(s0, goal):
+            break
+    states = [sim.reset(s0)]
+    actions, rewards = [], []
+    expert = PairExpert(sim, goal, rng, epsilon)
+    success = False
+    for _ in range(horizon):
+        a = expert.act()
+        s = sim.step(a)
+        success = G.pair_success(s, goal)
+        rewards.append(G.reward(goal, states[-1], s, success, reward_variant))
+        actions.append(a)
+        states.append(s)
+        if success:
+            break
+    instruction = L.pick_instruction(goal, "seen", rng)
+    return Episode(states=np.array(states), actions=np.array(actions, np.int64),
+                   rewards=np.array(rewards, np.float32), instruction=instruction, goal=goal, level="seen",
+                   success=success)
+
+
+def _episode_range(args: tuple) -> list:
+    """Episodes ``start..stop`` of a generation run (a top-level function so worker processes can run it)."""
+    start, stop, seed, order, config_json, eps, horizon = args
+    config = ClevrConfig.model_validate_json(config_json)
+    goals = G.seen_goals()
+    sim = P.ClevrSim(P.get_model(patch=config.compat_patches, patch_margin=config.compat_patches))
+    out = []
+    for i in range(start, stop):
+        rng = np.random.default_rng([int(seed), 7919, i])
+        out.append(generate_episode(sim, goals[order[i - start]], rng, epsilon=eps, reward_variant=config.reward,
+                                    horizon=horizon))
+    return out
+
+
+def generate_dataset(n_episodes: int, seed: int, config: ClevrConfig | None = None,
+                     progress: Callable[[int, int], None] | None = None, *, epsilon: float | None = None,
+                     keep_failures: bool = True, horizon: int = 50, jobs: int = 1):
+    """``n_episodes`` expert trajectories for the 80 seen goals (each goal equally often, in a seeded
+    order), deterministic per ``seed``. Episode i draws from its own random stream, so the result does not
+    depend on how the work is split: ``jobs`` > 1 generates chunks in that many processes and gives the
+    same dataset."""
+    from kalm_bench.datasets import TrajectoryDataset
+
+    config = config or ClevrConfig()
+    eps = config.expert_epsilon if epsilon is None else float(epsilon)
+    if n_episodes < 0:
+        raise ValueError("n_episodes must be >= 0")
+    goals = G.seen_goals()
+    order_rng = level_rng(seed, "seen", "goal-order")
+    order: list[int] = []
+    while len(order) < n_episodes:
+        order += order_rng.permutation(len(goals)).tolist()
+    chunk = 50
+    tasks = [(a, min(a + chunk, n_episodes), seed, order[a:a + chunk], config.model_dump_json(), eps, horizon)
+             for a in range(0, n_episodes, chunk)]
+    episodes = []
+    done = 0
+
+    def collect(part: list) -> None:
+        nonlocal done
+        episodes.extend(ep for ep in part if ep.success or keep_failures)
+        done += len(part)
+        if progress is not None:
+            progress(done, n_episodes)
+
+    if jobs <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            collect(_episode_range(t))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for part in pool.map(_episode_range, tasks):  # map keeps episode order
+                collect(part)
+    attrs = {
+        "level": "seen", "generator": EXPERT_NAME, "epsilon": eps, "reward": config.reward,
+        "horizon": horizon, "keep_failures": keep_failures, "mujoco": P.mujoco_version(),
+        "compat_patches": config.compat_patches, "state_layout": "x,y of red, blue, green, purple, cyan",
+        "instructions_by_goal": _instruction_table(goals),
+    }
+    ds = TrajectoryDataset.from_episodes(episodes, env=ENV_NAME, action_kind="discrete",
+                                         action_size=P.N_ACTIONS, seed=seed, source=f"generated:{EXPERT_NAME}",
+                                         attrs=attrs, state_dim=2 * P.N_BALLS)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Import of KALM's released data
+
+
+_KALM_KEYS = ("observations", "next_observations", "actions", "rewards", "masks", "goals", "instructions")
+
+
+def import_kalm_dataset(path: str | os.PathLike[str], trust_pickle: bool = False):
+    """Convert KALM's ``clevr_robot.npy`` (a pickled dict) to a :class:`TrajectoryDataset`.
+
+    Loading runs the pickle, so it needs ``trust_pickle=True``. Each trajectory keeps its valid prefix
+    (``masks``); its instruction is the first of its 54 phrasings, and all phrasings go to
+    ``attrs["instructions_by_goal"]``. Goals become pair-goal dicts, rewards are kept as stored.
+    """
+    from kalm_bench.datasets import Episode, TrajectoryDataset, sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise _user_error("file does not exist", file=path)
+    if not trust_pickle:
+        raise _user_error("KALM's .npy datasets are pickles and can run code when loaded; pass "
+                          "trust_pickle=True (--trust-pickle) only for a file from a source you trust", file=path)
+    try:
+        raw = np.load(path, allow_pickle=True)
+        data = raw.item() if raw.dtype == object and raw.shape == () else raw
+    except Exception as exc:
+        raise _user_error(f"cannot read ({type(exc).__name__}: {exc})", file=path) from None
+    if not isinstance(data, dict):
+        raise _user_error("expected a pickled dict (KALM's clevr_robot.npy layout)", file=path)
+    for key in _KALM_KEYS:
+        if key not in data:
+            raise _user_error(f"key {key!r} is missing", file=path, field=key)
+    obs = np.asarray(data["observations"])
+    n = obs.shape[0] if obs.ndim == 3 else -1
+    if obs.ndim != 3 or obs.shape[2] != 10:
+        raise _user_error(f"observations must be (N, T, 10), got {obs.shape}", file=path, field="observations")
+    arrays = {k: np.asarray(data[k]) for k in _KALM_KEYS}
+    for key in ("next_observations", "actions", "rewards", "masks", "goals", "instructions"):
+        if arrays[key].shape[0] != n:
+            raise _user_error(f"{key} has {arrays[key].shape[0]} trajectories, observations {n}", file=path,
+                              field=key)
+    episodes, table = [], {}
+    for i in range(n):
+        length = int(np.sum(arrays["masks"][i]))
+        if length < 1:
+            raise _user_error("trajectory has no valid step", file=path, field=f"masks[{i}]")
+        goal_arr = arrays["goals"][i].reshape(-1, arrays["goals"].shape[-1])[0]
+        try:
+            goal = G.pair_goal_from_array(goal_arr)
+        except ValueError as exc:
+            raise _user_error(str(exc), file=path, field=f"goals[{i}]") from None
+        actions = arrays["actions"][i][:length].astype(np.int64)
+        if actions.min() < 0 or actions.max() >= P.N_ACTIONS:
+            raise _user_error("actions outside 0..39", file=path, field=f"actions[{i}]")
+        states = np.concatenate([obs[i][:length], arrays["next_observations"][i][length - 1:length]])
+        instr = [str(s) for s in arrays["instructions"][i].reshape(-1)]
+        table.setdefault(G.goal_key(goal), instr)
+        terminals = data.get("terminals")
+        success = bool(np.asarray(terminals)[i].reshape(-1)[length - 1]) if terminals is not None else True
+        episodes.append(Episode(states=states.astype(np.float32), actions=actions,
+                                rewards=arrays["rewards"][i].reshape(-1)[:length].astype(np.float32),
+                                instruction=instr[0], goal=goal, level="seen", success=success))
+    attrs = {"level": "seen", "imported_from": path.name, "source_sha256": sha256_file(path),
+             "known_release": sha256_file(path) == KALM_DATASET_SHA256,
+             "state_layout": "x,y of red, blue, green, purple, cyan", "instructions_by_goal": table}
+    return TrajectoryDataset.from_episodes(episodes, env=ENV_NAME, action_kind="discrete",
+                                           action_size=P.N_ACTIONS, seed=None, source="kalm:clevr_robot.npy",
+                                           attrs=attrs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Replay
+
+
+@dataclass
+class ReplayReport:
+    """Open-loop replay of a dataset's action sequences from each episode's first state.
+
+    ``errors``: per transition, the largest absolute difference between a simulated and a stored ball
+    coordinate. ``reached``: per episode, whether the replay satisfies the goal at some step (an env
+    episode would end there).
+    """
+
+    errors: np.ndarray
+    episode_max_error: np.ndarray
+    reached: np.ndarray
+    recorded_success: np.ndarray
+    tolerance: float
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median_error(self) -> float:
+        return float(np.median(self.errors)) if len(self.errors) else 0.0
+
+    @property
+    def max_error(self) -> float:
+        return float(np.max(self.errors)) if len(self.errors) else 0.0
+
+    @property
+    def n_reached(self) -> int:
+        return int(np.sum(self.reached))
+
+    @property
+    def n_success_reproduced(self) -> int:
+        return int(np.sum(self.reached & self.recorded_success))
+
+    @property
+    def ok(self) -> bool:
+        """Every recorded success is reproduced and the median error is within tolerance."""
+        return bool(np.all(self.reached[self.recorded_success]) and self.median_error <= self.tolerance)
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.reached)
+        return {
+            "episodes": n, "transitions": int(len(self.errors)),
+            "recorded_successes": int(np.sum(self.recorded_success)),
+            "replay_reaches_goal": self.n_reached, "successes_reproduced": self.n_success_reproduced,
+            "median_error": self.median_error, "max_error": self.max_error,
+            "p90_error": float(np.quantile(self.errors, 0.9)) if len(self.errors) else 0.0,
+            "transitions_within_1e-6": float(np.mean(self.errors <= 1e-6)) if len(self.errors) else 1.0,
+            "episodes_within_tolerance": int(np.sum(self.episode_max_error <= self.tolerance)),
+            "tolerance": self.tolerance, "ok": self.ok, "seconds": round(self.seconds, 3),
+        }
+
+
+def replay_dataset(dataset, config: ClevrConfig | None = None, tolerance: float = 1e-4,
+                   episodes: list[int] | None = None) -> ReplayReport:
+    """Replay every episode's actions in the simulator and compare states (see :class:`ReplayReport`).
+
+    Goals are judged with the checks of each episode's goal type (easy goals with the configured
+    ``easy_check``).
+    """
+    config = config or ClevrConfig()
+    if dataset.state_dim < 10:
+        raise _user_error(f"states have {dataset.state_dim} numbers; CLEVR-Robot needs 10")
+    sim = P.ClevrSim(P.get_model(patch=config.compat_patches, patch_margin=config.compat_patches))
+    idx = range(dataset.n_episodes) if episodes is None else episodes
+    errors, ep_max, reached, recorded = [], [], [], []
+    t0 = time.perf_counter()
+    for i in idx:
+        ep = dataset.episode(i)
+        try:
+            goal = G.as_goal(ep.goal)
+        except ValueError as exc:
+            raise _user_error(f"episode {i}: {exc}", field="goals") from None
+        states = np.asarray(ep.states, np.float64)[:, :10]
+        sim.reset(states[0])
+        prev = states[0]
+        err = []
+        ok = False
+        for t, a in enumerate(np.asarray(ep.actions).reshape(-1)):
+            s = sim.step(int(a))
+            err.append(float(np.max(np.abs(s - states[t + 1]))))
+            # An env episode ends at the first success, so reaching the goal at any step counts.
+            ok = ok or G.is_success(goal, prev, s, int(a), config.easy_check, config.hard_obs)
+            prev = s
+        errors += err
+        ep_max.append(max(err) if err else 0.0)
+        reached.append(ok)
+        recorded.append(ep.success)
+    return ReplayReport(errors=np.array(errors), episode_max_error=np.array(ep_max), reached=np.array(reached, bool),
+                        recorded_success=np.array(recorded, bool), tolerance=tolerance,
+                        seconds=time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Minari
+
+
+def export_minari(dataset, dataset_id: str = "kalm_bench/clevr-robot/seen-v0", root: str | os.PathLike[str] | None = None,
+                  author: str | None = None, description: str | None = None):
+    """Write a Minari dataset (``minari.create_dataset_from_buffers``) and return it.
+
+    Observations are the 10 ball coordinates (``Box``), actions ``Discrete(40)``. Per-step ``infos`` carry
+    ``goal_array`` (KALM's 6 numbers) and ``is_success``; instructions and goal dicts, which Minari cannot
+    store per step, go to ``kalm_bench_episodes.json`` next to the Minari data (one entry per episode id).
+    ``root`` sets ``MINARI_DATASETS_PATH`` for the call. Needs ``pip install minari`` (tested with 0.5.4).
+    """
+    try:
+        import minari
+        from minari.data_collector import EpisodeBuffer
+    except ImportError:
+        raise _user_error("exporting to Minari needs the 'minari' package: pip install minari") from None
+    from gymnasium import spaces
+
+    if dataset.action_kind != "discrete" or dataset.state_dim != 10:
+        raise _user_error("only CLEVR-Robot datasets (10 state numbers, 40 discrete actions) can be exported")
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    if root is not None:
+        os.environ["MINARI_DATASETS_PATH"] = str(Path(root).resolve())
+    try:
+        buffers, side = [], []
+        for i, ep in enumerate(dataset.episodes()):
+            goal_arr = G.goal_to_array(G.as_goal(ep.goal))
+            goal_arr = np.concatenate([goal_arr, np.zeros(max(0, 6 - len(goal_arr)), np.float32)])[:6]
+            T = len(ep.actions)
+            succ = np.zeros(T + 1, bool)
+            if ep.success and T:
+                succ[-1] = True
+            term = [False] * T
+            trunc = [False] * T
+            if T:
+                term[-1] = bool(ep.success)
+                trunc[-1] = not ep.success
+            buffers.append(EpisodeBuffer(
+                id=i, observations=np.asarray(ep.states, np.float32), actions=np.asarray(ep.actions, np.int64),
+                rewards=list(map(float, ep.rewards)), terminations=term, truncations=trunc,
+                infos={"goal_array": np.tile(goal_arr.astype(np.float32), (T + 1, 1)), "is_success": succ}))
+            side.append({"id": i, "instruction": ep.instruction, "goal": ep.goal, "level": ep.level})
+        from . import env as _env  # registers the Gymnasium id that Minari records
+
+        obs_space = spaces.Box(-np.inf, np.inf, (10,), np.float32)
+        with warnings.catch_warnings():
+            # Minari nags about missing contact e-mail addresses; not ours to invent.
+            warnings.filterwarnings("ignore", message=".*(author_email|code_permalink).*", category=UserWarning)
+            mds = minari.create_dataset_from_buffers(
+                dataset_id=dataset_id, buffer=buffers, env=_env.ENV_ID, eval_env=_env.ENV_ID,
+                action_space=spaces.Discrete(P.N_ACTIONS), observation_space=obs_space,
+                algorithm_name=str(dataset.source or "kalm-bench"), author=author or "kalm-bench",
+                description=description or "CLEVR-Robot (KALM) trajectories exported from kalm-bench",
+                requirements=[f"mujoco=={P.mujoco_version()}", "kalm-bench"])
+        from minari.storage import get_dataset_path
+
+        out = get_dataset_path(dataset_id)
+        (out / "kalm_bench_episodes.json").write_text(json.dumps(side))
+        return mds
+    finally:
+        if root is not None:
+            if old is None:
+                os.environ.pop("MINARI_DATASETS_PATH", None)
+            else:
+                os.environ["MINARI_DATASETS_PATH"] = old

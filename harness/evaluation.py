@@ -28,7 +28,7 @@ def evaluate_batched(env_plugin: Environment, policy: Policy, level: str, cases:
         return EvalResult(success, returns, lengths)
     width = max(1, min(batch_size, n))
     envs = [env_plugin.make(level) for _ in range(width)]
-    horizon = int(getattr(env_plugin, "horizon", 10_000))
+    horizon = int(getattr(env_plugin, "horizon", 1_000))
     try:
         for start in range(0, n, width):
             idx = list(range(start, min(n, start + width)))
@@ -39,23 +39,27 @@ def evaluate_batched(env_plugin: Environment, policy: Policy, level: str, cases:
                 instr.append(str(cases[i]["instruction"]))
             emb = embed(instr) if embed is not None else None
             init = np.stack(states)
-            hist_s = [[s] for s in states]
-            hist_a: list[list[Any]] = [[] for _ in idx]
-            hist_r: list[list[float]] = [[] for _ in idx]
+            # Histories live in preallocated arrays; policies get views, so a step costs O(batch), not O(t).
+            hist_s = np.zeros((len(idx), horizon + 1) + init.shape[1:], np.float32)
+            hist_s[:, 0] = init
+            hist_r = np.zeros((len(idx), horizon), np.float32)
+            hist_a: np.ndarray | None = None
             active = list(range(len(idx)))
             t = 0
             while active and t < horizon:
                 batch = PolicyBatch(
-                    states=np.stack([hist_s[j][-1] for j in active]),
+                    states=hist_s[active, t],
                     instructions=[instr[j] for j in active],
                     embeddings=None if emb is None else emb[active],
                     t=np.full(len(active), t, np.int64),
                     initial_states=init[active],
-                    history_states=[np.stack(hist_s[j]) for j in active],
-                    history_actions=[np.asarray(hist_a[j]) for j in active],
-                    history_rewards=[np.asarray(hist_r[j], np.float32) for j in active],
+                    history_states=[hist_s[j, : t + 1] for j in active],
+                    history_actions=[hist_a[j, :t] if hist_a is not None else np.zeros((0,)) for j in active],
+                    history_rewards=[hist_r[j, :t] for j in active],
                 )
                 actions = np.asarray(policy.act(batch))
+                if hist_a is None:
+                    hist_a = np.zeros((len(idx), horizon) + actions.shape[1:], actions.dtype)
                 still = []
                 for k, j in enumerate(active):
                     a = actions[k]
@@ -63,9 +67,9 @@ def evaluate_batched(env_plugin: Environment, policy: Policy, level: str, cases:
                     i = idx[j]
                     returns[i] += float(reward)
                     lengths[i] += 1
-                    hist_s[j].append(np.asarray(obs, np.float32))
-                    hist_a[j].append(a)
-                    hist_r[j].append(float(reward))
+                    hist_s[j, t + 1] = np.asarray(obs, np.float32)
+                    hist_a[j, t] = a
+                    hist_r[j, t] = float(reward)
                     if info.get("is_success", False):
                         success[i] = True
                     if not (terminated or truncated):

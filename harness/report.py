@@ -159,4 +159,7 @@ def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | Non
             row[f"goal_match_{r['imaginary_level']}"] = f"{100 * r['rollouts']['goal_match_rate']:.1f}"
     if not rows:
         return None
-    return pd.DataFrame(list(rows.values())).set_index("llm").fillna("–")
+    # One row per metric: there are many metrics and few models.
+    table = pd.DataFrame(list(rows.values())).set_index("llm").fillna("–").T
+    table.index.name = "metric"
+    return table.sort_index()

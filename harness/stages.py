@@ -6,6 +6,7 @@ This module is what a worker process runs, so it rebuilds plugin objects from na
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -53,18 +54,53 @@ def seed_everything(seed: int) -> None:
 
 
 class Encoded:
-    """Instruction embeddings computed once per unique string."""
+    """Instruction embeddings computed once per unique string, remembered on disk per encoder config.
 
-    def __init__(self, encoder: api.TextEncoder):
+    The file lives in the artifact store (``encodings/<hash of the encoder spec>.npz``) so every stage
+    and every later run reuses embeddings instead of running the encoder again.
+    """
+
+    def __init__(self, encoder: api.TextEncoder, store: ArtifactStore | None = None,
+                 spec: dict[str, Any] | None = None):
         self.encoder = encoder
         self.cache: dict[str, np.ndarray] = {}
+        self.path = None
+        if store is not None and spec is not None:
+            from .cache import canonical_json
+
+            digest = hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:24]
+            self.path = store.root / "encodings" / f"{spec['name']}-{digest}.npz"
+            self.cache.update(self._read())
+
+    def _read(self) -> dict[str, np.ndarray]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                return dict(zip((str(t) for t in z["texts"]), z["vectors"]))
+        except Exception:  # a corrupt cache is rebuilt, never fatal
+            return {}
+
+    def _write(self, new: dict[str, np.ndarray]) -> None:
+        from filelock import FileLock
+
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock"):
+            merged = {**self._read(), **new}
+            texts = sorted(merged)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, texts=np.array(texts, dtype=str), vectors=np.stack([merged[t] for t in texts]))
+            os.replace(tmp, self.path)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         missing = sorted({t for t in texts if t not in self.cache})
         if missing:
             vecs = np.asarray(self.encoder.encode(missing), np.float32)
-            for t, v in zip(missing, vecs):
-                self.cache[t] = v
+            new = dict(zip(missing, vecs))
+            self.cache.update(new)
+            if self.path is not None:
+                self._write(new)
         return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, self.encoder.dim), np.float32)
 
 
@@ -88,7 +124,7 @@ def _train_inputs(stage_spec: dict[str, Any], deps: dict[str, str], store: Artif
                   with_data: bool = True) -> tuple[api.Algorithm, api.TrainContext, Encoded]:
     env = make_component("envs", stage_spec["env"])
     algo = make_component("algorithms", stage_spec["algorithm"])
-    encoder = Encoded(make_component("encoders", stage_spec["encoder"]))
+    encoder = Encoded(make_component("encoders", stage_spec["encoder"]), store, stage_spec["encoder"])
     real = _load_dataset(store, deps["dataset"], "dataset")
     imag = _load_dataset(store, deps["rollouts"], "rollouts") if "rollouts" in deps else None
     table = sorted({str(t) for t in real.instructions} | ({str(t) for t in imag.instructions} if imag else set()))

@@ -1,0 +1,281 @@
+"""Training loop, checkpoints and policies for the d3rlpy-backed algorithms.
+
+The loop is d3rlpy's own ``fit`` minus its per-transition Python sampler: the d3rlpy algorithm is built with
+``create_impl`` and each step feeds ``impl.update`` a ``TorchMiniBatch`` exactly as
+``QLearningAlgoBase.update`` would (same fields, same scalers, same grad-step counter), but gathered by
+:class:`.sampler.TransitionSampler` directly as tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import d3rlpy
+import numpy as np
+import torch
+from d3rlpy.base import LearnableConfigWithShape
+from d3rlpy.models.encoders import VectorEncoderFactory
+from d3rlpy.torch_utility import TorchMiniBatch, map_location
+
+from kalm_bench.api import Policy, PolicyBatch, TrainContext, TransitionData
+from kalm_bench.errors import UserError
+
+from .sampler import TorchTransitionBatch, TransitionSampler, split_batch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from d3rlpy.algos.qlearning.base import QLearningAlgoBase
+
+    from .algorithms import D3rlpyAlgorithm, D3rlpyConfig
+
+META_FILE = "policy.json"
+WEIGHTS_FILE = "modules.pt"
+FORMAT = "kalm-bench-d3rlpy-policy"
+
+
+# -------------------------------------------------------------------------------------------------------
+# d3rlpy configs
+
+
+def _config_class(cfg: D3rlpyConfig) -> type:
+    return getattr(d3rlpy.algos, cfg.d3rlpy_config)
+
+
+def build_d3rlpy_config(cfg: D3rlpyConfig) -> Any:
+    """The d3rlpy config: d3rlpy defaults < this plugin's options < the ``d3rlpy`` overrides."""
+    cls = _config_class(cfg)
+    own = {k: getattr(cfg, k) for k in type(cfg).model_fields if k in cfg.d3rlpy_fields}
+    for k in cfg.d3rlpy_fields:
+        if k.endswith("encoder_factory"):
+            own[k] = VectorEncoderFactory(hidden_units=list(cfg.hidden_units), activation="relu")
+    base = cls(**own)
+    if not cfg.d3rlpy:
+        return base
+    values = base.serialize_to_dict()
+    for key, value in cfg.d3rlpy.items():
+        trial = dict(values, **{key: value})
+        try:
+            cls.deserialize_from_dict(trial)
+        except Exception as exc:  # dataclasses_json raises a zoo of types for a bad value
+            raise ValueError(f"d3rlpy.{key}: invalid value {value!r} for d3rlpy {cfg.d3rlpy_config} "
+                             f"({type(exc).__name__}: {exc})") from None
+        values = trial
+    return cls.deserialize_from_dict(values)
+
+
+def build_algo(cfg: D3rlpyConfig) -> QLearningAlgoBase:
+    return build_d3rlpy_config(cfg).create(device=cfg.device)
+
+
+# -------------------------------------------------------------------------------------------------------
+# One gradient step
+
+
+def to_torch_minibatch(algo: QLearningAlgoBase, batch: TorchTransitionBatch) -> TorchMiniBatch:
+    """What ``TorchMiniBatch.from_batch`` makes of the equivalent numpy ``TransitionMiniBatch``."""
+    c = algo.config
+    obs, next_obs = batch.observations, batch.next_observations
+    actions, next_actions, rewards = batch.actions, batch.next_actions, batch.rewards
+    if c.observation_scaler:
+        obs = c.observation_scaler.transform(obs)
+        next_obs = c.observation_scaler.transform(next_obs)
+    if c.action_scaler:
+        actions = c.action_scaler.transform(actions)
+        next_actions = c.action_scaler.transform(next_actions)
+    if c.reward_scaler:
+        rewards = c.reward_scaler.transform(rewards)
+    return TorchMiniBatch(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs,
+                          next_actions=next_actions, returns_to_go=torch.zeros_like(rewards),
+                          terminals=batch.terminals, intervals=batch.intervals, device=algo.impl.device)
+
+
+def update(algo: QLearningAlgoBase, batch: TorchTransitionBatch) -> dict[str, float]:
+    """``algo.update(batch)`` for a batch that is already a set of tensors."""
+    loss = algo.impl.update(to_torch_minibatch(algo, batch), algo.grad_step)
+    algo.set_grad_step(algo.grad_step + 1)
+    return loss
+
+
+# -------------------------------------------------------------------------------------------------------
+# Policies
+
+
+class D3rlpyPolicy(Policy):
+    """Greedy (discrete) or deterministic (continuous) actions of a d3rlpy algorithm, one batched forward.
+
+    Holds the serialised d3rlpy config and the network weights; the d3rlpy algorithm is only rebuilt
+    when the policy first acts, so taking a checkpoint during training costs a copy of the weights.
+    """
+
+    def __init__(self, config_json: str, states: dict[str, dict[str, torch.Tensor]], action_kind: str,
+                 meta: dict[str, Any], device: str = "cpu:0"):
+        self.config_json = config_json
+        self.states = states
+        self.action_kind = action_kind
+        self.meta = meta
+        self.device = device
+        self._algo: QLearningAlgoBase | None = None
+
+    @property
+    def observation_dim(self) -> int:
+        return int(self.meta["observation_dim"])
+
+    @property
+    def algo(self) -> QLearningAlgoBase:
+        if self._algo is None:
+            full = LearnableConfigWithShape.deserialize(self.config_json)
+            algo = full.config.create(device=self.device)
+            algo.create_impl(tuple(full.observation_shape), full.action_size)
+            for k, m in algo.impl.modules.get_torch_modules().items():
+                m.load_state_dict(self.states[k])
+            self._algo = algo
+        return self._algo
+
+    def act(self, batch: PolicyBatch) -> np.ndarray:
+        obs = batch.observations
+        if obs.ndim != 2 or obs.shape[1] != self.observation_dim:
+            raise ValueError(f"policy expects observations of size {self.observation_dim} (state "
+                             f"{self.meta['state_dim']} + embedding {self.meta['embedding_dim']}), got "
+                             f"{obs.shape[1:]}; was the same text encoder used for training and evaluation?")
+        actions = self.algo.predict(np.ascontiguousarray(obs, np.float32))
+        if self.action_kind == "discrete":
+            return np.asarray(actions, np.int64).reshape(-1)
+        return np.asarray(actions, np.float32).reshape(len(obs), -1)
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.states, path / WEIGHTS_FILE)
+        meta = dict(self.meta, format=FORMAT, d3rlpy_version=d3rlpy.__version__,
+                    d3rlpy_config=json.loads(self.config_json))
+        (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def load_policy(path: Path, device: str | None = None) -> D3rlpyPolicy:
+    """Load a policy directory written by :meth:`D3rlpyPolicy.save` (no pickle: JSON + torch weights)."""
+    path = Path(path)
+    mpath, wpath = path / META_FILE, path / WEIGHTS_FILE
+    try:
+        meta = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise UserError("policy metadata is missing", file=mpath) from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"corrupt policy metadata ({exc.msg} at line {exc.lineno})", file=mpath) from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"not a d3rlpy policy written by kalm-bench (format={meta.get('format')!r})",
+                        file=mpath, field="format")
+    if device is None:
+        device = str(meta.get("device", "cpu:0"))
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu:0"
+    if not wpath.is_file():
+        raise UserError("policy weights are missing", file=wpath)
+    try:
+        config_json = json.dumps(meta["d3rlpy_config"])
+        policy = D3rlpyPolicy(config_json, {}, meta["action_kind"], meta, device)
+    except KeyError as exc:
+        raise UserError(f"field {exc.args[0]} is missing", file=mpath, field=str(exc.args[0])) from None
+    try:
+        full = LearnableConfigWithShape.deserialize(config_json)
+        full.config.create(device=device)
+    except Exception as exc:
+        raise UserError(f"unreadable d3rlpy config ({type(exc).__name__}: {exc})", file=mpath,
+                        field="d3rlpy_config") from None
+    try:
+        policy.states = torch.load(wpath, map_location=map_location(device), weights_only=True)
+        policy.algo  # noqa: B018 - build now, so a weight/shape mismatch is reported here, naming the file
+    except Exception as exc:  # truncated zip, missing keys, shape mismatch
+        raise UserError(f"cannot load policy weights ({type(exc).__name__}: {exc})", file=wpath) from None
+    return policy
+
+
+def snapshot(algo: QLearningAlgoBase, config_json: str, action_kind: str, meta: dict[str, Any]) -> D3rlpyPolicy:
+    """A policy frozen at the current weights, independent of further training."""
+    states = {k: {n: t.detach().clone() for n, t in m.state_dict().items()}
+              for k, m in algo.impl.modules.get_torch_modules().items()}
+    return D3rlpyPolicy(config_json, states, action_kind, dict(meta), algo.impl.device)
+
+
+# -------------------------------------------------------------------------------------------------------
+# Training
+
+
+def seed_everything(seed: int) -> None:
+    d3rlpy.seed(seed)  # random, numpy, torch (+ cudnn deterministic)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _fit_scalers(algo: QLearningAlgoBase, data: list[TransitionData], action_kind: str) -> None:
+    """Fit configured d3rlpy scalers on the training transitions, as ``fit`` does (only when asked for)."""
+    c = algo.config
+    if not (c.observation_scaler or c.action_scaler or c.reward_scaler):
+        return
+    from d3rlpy.algos.utility import build_scalers_with_transition_picker
+
+    parts = [d for d in data if d is not None and len(d)]
+    obs = np.concatenate([d.observations for d in parts]).astype(np.float32)
+    actions = np.concatenate([np.asarray(d.actions) for d in parts])
+    rewards = np.concatenate([d.rewards for d in parts]).astype(np.float32)
+    terminals = np.concatenate([d.terminals for d in parts]).astype(np.float32)
+    timeouts = np.concatenate([d.timeouts for d in parts]).astype(np.float32)
+    offset = 0
+    for d in parts:  # every episode must end with a flag for d3rlpy to split episodes the same way
+        starts = np.asarray(d.episode_starts, np.int64)
+        ends = offset + np.append(starts[1:], len(d)) - 1
+        unflagged = ends[(terminals[ends] == 0) & (timeouts[ends] == 0)]
+        timeouts[unflagged] = 1.0
+        offset += len(d)
+    kind = d3rlpy.ActionSpace.DISCRETE if action_kind == "discrete" else d3rlpy.ActionSpace.CONTINUOUS
+    dataset = d3rlpy.dataset.MDPDataset(observations=obs, actions=actions, rewards=rewards,
+                                        terminals=terminals, timeouts=timeouts, action_space=kind)
+    build_scalers_with_transition_picker(algo, dataset)
+
+
+def train(algorithm: D3rlpyAlgorithm, ctx: TrainContext) -> None:
+    cfg: D3rlpyConfig = algorithm.config  # type: ignore[assignment]
+    if ctx.action_kind not in algorithm.action_kinds:
+        raise UserError(f"algorithm {algorithm.name!r} needs {' or '.join(algorithm.action_kinds)} actions, "
+                        f"the environment has {ctx.action_kind} ones", field="algorithms")
+    if len(ctx.real) == 0:
+        raise UserError("the real dataset has no transitions", field="data")
+    seed_everything(ctx.seed)
+    imaginary = ctx.imaginary if ctx.imaginary is not None and len(ctx.imaginary) else None
+    n_real, n_imag = split_batch(cfg.batch_size, ctx.imaginary_fraction, imaginary is not None)
+    sources = [(ctx.real, n_real)] + ([(imaginary, n_imag)] if imaginary is not None else [])
+    device = cfg.device
+    try:
+        sampler = TransitionSampler(sources, ctx.action_kind, seed=ctx.seed, device=device,
+                                    gamma_one_bug=cfg.official_gamma_bug,
+                                    timeouts_as_terminals=cfg.timeouts_as_terminals)
+    except ValueError as exc:
+        raise UserError(str(exc), field="data") from None
+
+    algo = build_algo(cfg)
+    _fit_scalers(algo, [ctx.real, imaginary], ctx.action_kind)
+    algo.create_impl((sampler.observation_dim,), ctx.action_size)
+    config_json = LearnableConfigWithShape(observation_shape=algo.impl.observation_shape,
+                                           action_size=algo.impl.action_size, config=algo.config).serialize()
+
+    meta = {"algorithm": algorithm.name, "algorithm_version": algorithm.version,
+            "action_kind": ctx.action_kind, "action_size": int(ctx.action_size),
+            "state_dim": int(sampler.state_dim), "embedding_dim": int(sampler.observation_dim - sampler.state_dim),
+            "observation_dim": int(sampler.observation_dim), "device": device, "seed": int(ctx.seed),
+            "batch": {"real": n_real, "imaginary": n_imag}}
+    checkpoints = set(ctx.checkpoint_steps())
+    every = max(1, min(100, ctx.steps // 100 or 1))
+    losses: dict[str, deque[float]] = {}
+    for step in range(1, ctx.steps + 1):
+        loss = update(algo, sampler.sample())
+        for k, v in loss.items():
+            losses.setdefault(k, deque(maxlen=1000)).append(float(v))
+        if step in checkpoints:
+            meta["step"] = step
+            meta["loss"] = {k: float(np.mean(v)) for k, v in losses.items()}
+            ctx.save_checkpoint(step, snapshot(algo, config_json, ctx.action_kind, meta))
+        if step % every == 0 or step == ctx.steps:
+            ctx.progress(step, ctx.steps)

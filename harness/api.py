@@ -251,6 +251,8 @@ class TrainContext:
     progress: Progress = _no_progress
     llm: LLMHandle | None = None
     env: Environment | None = None
+    log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
+    """``log(step, {"loss": ...})``: training metrics kept in the stage artifact and the run's record."""
 
     def checkpoint_steps(self) -> list[int]:
         every = max(1, self.checkpoint_every)

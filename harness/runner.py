@@ -221,6 +221,8 @@ class Runner:
             if self.store.done(kind, key):
                 m = self.store.manifest(kind, key)
                 timings[kind] = m.get("wall_s")
+                if kind == "train":
+                    rec["train_log"] = m.get("train_log", [])
                 if kind == "grounding":
                     rec["llm_diagnostics"] = m.get("diagnostics", {})
                 if kind == "rollouts":

@@ -216,15 +216,21 @@ def _build_train(stage: Stage, store: ArtifactStore, out: Path, progress: Progre
         policy.save(d)
         saved.append(int(step))
 
+    train_log: list[dict[str, float]] = []
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        train_log.append({"step": int(step), **{k: float(v) for k, v in metrics.items()}})
+
     ctx.workdir = out / "work"
     ctx.workdir.mkdir()
     ctx.save_checkpoint = save_checkpoint
     ctx.progress = progress
+    ctx.log = log
     seed_everything(ctx.seed)
     algo.train(ctx)
     if not saved:
         raise RuntimeError(f"algorithm {algo.name!r} saved no checkpoint")
-    return {"checkpoints": saved, "train_transitions": len(ctx.real),
+    return {"checkpoints": saved, "train_log": train_log, "train_transitions": len(ctx.real),
             "imaginary_transitions": len(ctx.imaginary) if ctx.imaginary is not None else 0}
 
 

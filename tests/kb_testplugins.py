@@ -207,6 +207,7 @@ class TabularBC(Algorithm):
                 ctx.progress(done, ctx.steps)
             if self.config.sleep_s:
                 time.sleep(self.config.sleep_s)
+            ctx.log(step, {"table_size": len(counts)})
             ctx.save_checkpoint(step, TablePolicy({k: int(np.argmax(v)) for k, v in counts.items()}))
 
     def load_policy(self, path: Path, ctx: TrainContext) -> Policy:

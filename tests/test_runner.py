@@ -35,6 +35,7 @@ def test_records_have_every_field_and_are_deterministic(core_env, suite_file):
         assert r["status"] == "ok" and 0.0 <= r["success_rate"] <= 1.0
         assert r["versions"]["python"] and r["algorithm_config"]["type"] == "tabular-bc"
         assert len(r["curve"]) == 3 and r["last_k"] == 3
+        assert [e["step"] for e in r["train_log"]] == [4, 8, 12] and r["train_log"][0]["table_size"] > 0
         assert r["success_rate"] == pytest.approx(sum(c["success_rate"] for c in r["curve"]) / 3)
     kalm = [r for r in recs if r["kalm"]]
     assert {r["imaginary_level"] for r in kalm} == {"rephrase", "far"}

@@ -276,6 +276,7 @@ def train(algorithm: D3rlpyAlgorithm, ctx: TrainContext) -> None:
         if step in checkpoints:
             meta["step"] = step
             meta["loss"] = {k: float(np.mean(v)) for k, v in losses.items()}
+            ctx.log(step, meta["loss"])  # mean of the last 1000 updates, into the run's record
             ctx.save_checkpoint(step, snapshot(algo, config_json, ctx.action_kind, meta))
         if step % every == 0 or step == ctx.steps:
             ctx.progress(step, ctx.steps)

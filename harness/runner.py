@@ -226,7 +226,8 @@ class Runner:
                 if kind == "grounding":
                     rec["llm_diagnostics"] = m.get("diagnostics", {})
                 if kind == "rollouts":
-                    rec["rollouts"] = {k: m.get(k) for k in ("n_episodes", "n_transitions", "goal_match_rate")}
+                    rec["rollouts"] = {k: m.get(k) for k in ("n_episodes", "n_transitions", "goal_match_rate",
+                                                             "attrs")}
                 if kind == "eval":
                     curve = m["curve"]
                     k = min(s.eval.last_k, len(curve))

@@ -200,8 +200,9 @@ def _build_rollouts(stage: Stage, store: ArtifactStore, out: Path, progress: Pro
     ds = backend.imagine(api.ImagineContext(model_dir=gpath / "model", env=env, level=spec["level"], goals=goals,
                                             seed=seed, labels=spec["labels"], progress=progress))
     ds.save(out / "dataset")
+    scalars = {k: v for k, v in ds.attrs.items() if isinstance(v, (int, float, str, bool))}
     return {"n_episodes": ds.n_episodes, "n_transitions": ds.n_transitions,
-            "goal_match_rate": float(np.mean(ds.success)) if ds.n_episodes else None}
+            "goal_match_rate": float(np.mean(ds.success)) if ds.n_episodes else None, "attrs": scalars}
 
 
 def _build_train(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:

@@ -32,10 +32,17 @@ class SentenceEncoder:
         with _LOCK:
             if key not in _MODELS:
                 from transformers import AutoModel, AutoTokenizer
+                from transformers.utils import logging as hf_logging
 
                 path = minilm_path()
-                tok = AutoTokenizer.from_pretrained(str(path))
-                model = AutoModel.from_pretrained(str(path)).to(device).eval()
+                bars = hf_logging.is_progress_bar_enabled()
+                hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a run's output
+                try:
+                    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+                    model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+                finally:
+                    if bars:
+                        hf_logging.enable_progress_bar()
                 _MODELS[key] = (tok, model)
         self.tok, self.model = _MODELS[key]  # type: ignore[misc]
         self.device = device

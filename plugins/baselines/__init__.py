@@ -1,0 +1,19 @@
+"""Baselines that are not offline-RL value methods: Decision Transformer (discrete and continuous) on d3rlpy.
+
+The policy input is state ⊕ instruction embedding, as for every other algorithm, and the transformer is
+additionally conditioned on return-to-go. d3rlpy and torch are imported only when a run trains or loads.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from kalm_bench import hookimpl
+
+
+@hookimpl
+def register_algorithms(register: Callable[[type], None]) -> None:
+    from .dt import ALGORITHMS
+
+    for cls in ALGORITHMS:
+        register(cls)

@@ -1,18 +1,17 @@
 """Shared fixtures. Core tests run against the test-only plugins in kb_testplugins.py, with entry-point
-plugins switched off, so they check the harness and nothing else."""
+plugins switched off, so they check the harness and nothing else. Helpers live in kb_helpers.py."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kb_helpers import SUITE, TESTS  # noqa: E402
 
 
 @pytest.fixture
@@ -30,32 +29,8 @@ def core_env(monkeypatch, tmp_path):
     set_registry(None)
 
 
-SUITE = """\
-suite: line
-version: 1
-env: {name: line-world}
-data: {episodes: 120, seed: 0}
-encoder: {name: hash}
-llm: {backend: scripted-llm, grounding_tasks: [scripted]}
-rollouts: {counts: {rephrase: 40, far: 40}, for_level: {seen: rephrase}}
-algorithms:
-  - {name: tabular-bc, variants: [base, kalm]}
-seeds: [0, 1]
-train: {steps: 12, checkpoint_every: 4}
-"""
-
-
 @pytest.fixture
 def suite_file(core_env):
     path = core_env / "suite.yaml"
     path.write_text(SUITE)
     return path
-
-
-def run_cli(*args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """The real command line in a subprocess (exit codes, stderr, no traceback)."""
-    proc = subprocess.run([sys.executable, "-m", "kalm_bench.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc

@@ -3,7 +3,7 @@
 import inspect
 import re
 
-from conftest import ROOT
+from kb_helpers import ROOT
 from kalm_bench import hookspecs
 
 

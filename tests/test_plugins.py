@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from conftest import ROOT, run_cli
+from kb_helpers import ROOT, run_cli
 from kalm_bench import hookimpl
 from kalm_bench.api import Algorithm
 from kalm_bench.errors import PluginError, UserError

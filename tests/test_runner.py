@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import run_cli
+from kb_helpers import run_cli
 from kalm_bench.cache import ArtifactStore
 from kalm_bench.plan import build_plan
 from kalm_bench.plugins import get_registry

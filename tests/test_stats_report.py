@@ -102,7 +102,7 @@ def test_reference_side_by_side(tmp_path):
 
 
 def test_shipped_paper_reference_loads():
-    from conftest import ROOT
+    from kb_helpers import ROOT
 
     df = load_reference(ROOT / "suites" / "reference" / "kalm_paper_results.csv")
     cql = df[(df.env == "clevr") & (df.level == "rephrase") & (df.algorithm == "CQL") & (df.kalm == "yes")]

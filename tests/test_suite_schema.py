@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SUITE, run_cli
+from kb_helpers import SUITE, run_cli
 from kalm_bench.errors import UserError
 from kalm_bench.plan import build_plan
 from kalm_bench.plugins import get_registry

@@ -10,6 +10,15 @@ from kalm_bench import hookimpl
 from kalm_bench.api import Reporter
 
 
+def _tabulate(table: pd.DataFrame, tablefmt: str) -> str:
+    from tabulate import tabulate
+
+    flat = table.reset_index()
+    # disable_numparse: cells are already formatted strings ("50.0 ± 3.1 (3)") and must stay as written.
+    return tabulate(flat.values.tolist(), headers=[str(c) for c in flat.columns], tablefmt=tablefmt,
+                    disable_numparse=True)
+
+
 class MarkdownReporter(Reporter):
     name = "md"
     version = "1"
@@ -17,12 +26,7 @@ class MarkdownReporter(Reporter):
     description = "GitHub-flavoured Markdown (tabulate)"
 
     def render(self, table: pd.DataFrame, title: str | None = None) -> str:
-        from tabulate import tabulate
-
-        flat = table.reset_index()
-        body = tabulate(flat.values.tolist(), headers=[str(c) for c in flat.columns], tablefmt="github",
-                        disable_numparse=True)
-        return (f"### {title}\n\n" if title else "") + body + "\n"
+        return (f"### {title}\n\n" if title else "") + _tabulate(table, "github") + "\n"
 
 
 class CSVReporter(Reporter):
@@ -44,12 +48,7 @@ class LatexReporter(Reporter):
     description = "LaTeX tabular (booktabs)"
 
     def render(self, table: pd.DataFrame, title: str | None = None) -> str:
-        from tabulate import tabulate
-
-        flat = table.reset_index()
-        body = tabulate(flat.values.tolist(), headers=[str(c) for c in flat.columns], tablefmt="latex_booktabs",
-                        disable_numparse=True)
-        return (f"% {title}\n" if title else "") + body + "\n"
+        return (f"% {title}\n" if title else "") + _tabulate(table, "latex_booktabs") + "\n"
 
 
 @hookimpl

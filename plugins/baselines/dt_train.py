@@ -23,7 +23,13 @@ from d3rlpy.torch_utility import TorchTrajectoryMiniBatch, map_location
 from kalm_bench.api import Policy, PolicyBatch, TrainContext, TransitionData
 from kalm_bench.errors import UserError
 from kalm_bench_plugins.offline_rl.sampler import split_batch
-from kalm_bench_plugins.offline_rl.trainer import build_d3rlpy_config, seed_everything
+from kalm_bench_plugins.offline_rl.trainer import (
+    build_d3rlpy_config,
+    check_d3rlpy_config,
+    policy_device,
+    read_policy_meta,
+    seed_everything,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dt import DTAlgorithm, DTConfig
@@ -291,29 +297,10 @@ def load_policy(path: Path, device: str | None = None) -> DTPolicy:
     """Load a policy directory written by :meth:`DTPolicy.save` (no pickle: JSON + torch weights)."""
     path = Path(path)
     mpath, wpath = path / META_FILE, path / WEIGHTS_FILE
-    try:
-        meta = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise UserError("policy metadata is missing", file=mpath) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"corrupt policy metadata ({exc.msg} at line {exc.lineno})", file=mpath) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        fmt = meta.get("format") if isinstance(meta, dict) else None
-        raise UserError(f"not a Decision Transformer policy written by kalm-bench (format={fmt!r})",
-                        file=mpath, field="format")
-    for key in _META_KEYS:
-        if key not in meta:
-            raise UserError(f"field {key} is missing", file=mpath, field=key)
-    if device is None:
-        device = str(meta.get("device", "cpu:0"))
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            device = "cpu:0"
+    meta = read_policy_meta(mpath, FORMAT, "Decision Transformer policy", required=_META_KEYS)
+    device = policy_device(meta, device)
     config_json = json.dumps(meta["d3rlpy_config"])
-    try:
-        LearnableConfigWithShape.deserialize(config_json).config.create(device=device)
-    except Exception as exc:
-        raise UserError(f"unreadable d3rlpy config ({type(exc).__name__}: {exc})", file=mpath,
-                        field="d3rlpy_config") from None
+    check_d3rlpy_config(config_json, mpath, device)
     if not wpath.is_file():
         raise UserError("policy weights are missing", file=wpath)
     policy = DTPolicy(config_json, {}, meta, device)

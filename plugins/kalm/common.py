@@ -396,3 +396,21 @@ def _single_step_match(env: Environment, level: str, cases: Sequence[dict[str, A
     if action_ok:
         res[f"{level}_step_action_match"] = _mean(action_ok)
     return res
+
+
+def numeric_losses(state_out: Callable, action_out: Callable, action_kind: str, h: Any,
+                   batch: dict[str, Any]) -> dict[str, Any]:
+    """KALM's numeric losses at the masked slots: next-state MSE, and action cross-entropy (discrete) or
+    MSE (continuous). Shared by every backend so they optimise the same objective."""
+    import torch.nn.functional as F
+
+    parts: dict[str, Any] = {}
+    m = batch["st_m"] > 0
+    if m.any():
+        parts["state"] = F.mse_loss(state_out(h[m]), batch["st_t"][m])
+    m = batch["ac_m"] > 0
+    if m.any():
+        out = action_out(h[m])
+        parts["action"] = F.cross_entropy(out, batch["ac_t"][m]) if action_kind == "discrete" \
+            else F.mse_loss(out, batch["ac_t"][m])
+    return parts

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Normalizers, Rollout
+from .common import Normalizers, Rollout, numeric_losses
 from .encoder import DIM as TEXT_DIM
 from .encoder import SentenceEncoder
 from .tasks import explanation_segments, generation_prefix
@@ -218,15 +218,7 @@ def losses(model: SlotDecoder, batch: dict[str, torch.Tensor], text_table: torch
     pos = torch.arange(n).unsqueeze(0).expand(b, n)
     x = model.embed(batch["kind"], text_table[batch["tid"]], batch["st"], batch["ac"], pos)
     h, _ = model(x)
-    parts: dict[str, torch.Tensor] = {}
-    m = batch["st_m"] > 0
-    if m.any():
-        parts["state"] = F.mse_loss(model.state_out(h[m]), batch["st_t"][m])
-    m = batch["ac_m"] > 0
-    if m.any():
-        out = model.action_out(h[m])
-        parts["action"] = F.cross_entropy(out, batch["ac_t"][m]) if model.action_kind == "discrete" \
-            else F.mse_loss(out, batch["ac_t"][m])
+    parts = numeric_losses(model.state_out, model.action_out, model.action_kind, h, batch)
     m = batch["ex_t"] >= 0
     if m.any():
         parts["explain"] = multi_positive_nce(model.text_out(h[m]), cands, cand_goal, batch["ex_t"][m],

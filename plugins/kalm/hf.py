@@ -24,7 +24,7 @@ from torch import nn
 
 from kalm_bench.errors import UserError
 
-from .common import GoalMatcher, Normalizers, Rollout, read_meta, write_json
+from .common import GoalMatcher, Normalizers, Rollout, numeric_losses, read_meta, write_json
 from .tasks import explanation_segments, generation_prefix, strip_instruction
 
 TOKEN, STATE, ACTION = 0, 1, 2
@@ -148,16 +148,8 @@ class Grounded(nn.Module):
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         h, _ = self.hidden(x, mask, pos)
         h32 = h.float()
-        parts: dict[str, torch.Tensor] = {}
         nm = self.numeric
-        m = batch["st_m"] > 0
-        if m.any():
-            parts["state"] = F.mse_loss(nm.state_out(h32[m]), batch["st_t"][m])
-        m = batch["ac_m"] > 0
-        if m.any():
-            out = nm.action_out(h32[m])
-            parts["action"] = F.cross_entropy(out, batch["ac_t"][m]) if nm.action_kind == "discrete" \
-                else F.mse_loss(out, batch["ac_t"][m])
+        parts = numeric_losses(nm.state_out, nm.action_out, nm.action_kind, h32, batch)
         m = batch["tok_t"] >= 0
         if m.any():
             logits = self.lm.get_output_embeddings()(h[m]).float()

@@ -154,36 +154,51 @@ class D3rlpyPolicy(Policy):
         (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
-def load_policy(path: Path, device: str | None = None) -> D3rlpyPolicy:
-    """Load a policy directory written by :meth:`D3rlpyPolicy.save` (no pickle: JSON + torch weights)."""
-    path = Path(path)
-    mpath, wpath = path / META_FILE, path / WEIGHTS_FILE
+def read_policy_meta(mpath: Path, fmt: str, what: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The checked JSON metadata of a saved policy (shared with other d3rlpy-based plugins)."""
     try:
         meta = json.loads(mpath.read_text())
     except FileNotFoundError:
         raise UserError("policy metadata is missing", file=mpath) from None
     except json.JSONDecodeError as exc:
         raise UserError(f"corrupt policy metadata ({exc.msg} at line {exc.lineno})", file=mpath) from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"not a d3rlpy policy written by kalm-bench (format={meta.get('format')!r})",
-                        file=mpath, field="format")
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise UserError(f"not a {what} written by kalm-bench (format={found!r})", file=mpath, field="format")
+    for key in required:
+        if key not in meta:
+            raise UserError(f"field {key} is missing", file=mpath, field=key)
+    return meta
+
+
+def policy_device(meta: dict[str, Any], device: str | None) -> str:
+    """The requested device, else the one the policy was trained on, falling back to CPU without CUDA."""
     if device is None:
         device = str(meta.get("device", "cpu:0"))
         if device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu:0"
-    if not wpath.is_file():
-        raise UserError("policy weights are missing", file=wpath)
+    return device
+
+
+def check_d3rlpy_config(config_json: str, mpath: Path, device: str) -> None:
     try:
-        config_json = json.dumps(meta["d3rlpy_config"])
-        policy = D3rlpyPolicy(config_json, {}, meta["action_kind"], meta, device)
-    except KeyError as exc:
-        raise UserError(f"field {exc.args[0]} is missing", file=mpath, field=str(exc.args[0])) from None
-    try:
-        full = LearnableConfigWithShape.deserialize(config_json)
-        full.config.create(device=device)
+        LearnableConfigWithShape.deserialize(config_json).config.create(device=device)
     except Exception as exc:
         raise UserError(f"unreadable d3rlpy config ({type(exc).__name__}: {exc})", file=mpath,
                         field="d3rlpy_config") from None
+
+
+def load_policy(path: Path, device: str | None = None) -> D3rlpyPolicy:
+    """Load a policy directory written by :meth:`D3rlpyPolicy.save` (no pickle: JSON + torch weights)."""
+    path = Path(path)
+    mpath, wpath = path / META_FILE, path / WEIGHTS_FILE
+    meta = read_policy_meta(mpath, FORMAT, "d3rlpy policy", required=("d3rlpy_config", "action_kind"))
+    device = policy_device(meta, device)
+    if not wpath.is_file():
+        raise UserError("policy weights are missing", file=wpath)
+    config_json = json.dumps(meta["d3rlpy_config"])
+    policy = D3rlpyPolicy(config_json, {}, meta["action_kind"], meta, device)
+    check_d3rlpy_config(config_json, mpath, device)
     try:
         policy.states = torch.load(wpath, map_location=map_location(device), weights_only=True)
         policy.algo  # noqa: B018 - build now, so a weight/shape mismatch is reported here, naming the file

@@ -8,7 +8,7 @@ import torch
 
 from kalm_bench_plugins.kalm import tasks as T
 from kalm_bench_plugins.kalm.common import Normalizer, Normalizers
-from test_tasks import toy_dataset
+from test_kalm_tasks import toy_dataset
 
 
 def test_normalizer_round_trip_and_statistics(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
+from kb_helpers import run_cli
 from kalm_bench.records import load_records
 
 pytest.importorskip("ray")

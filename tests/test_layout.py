@@ -1,0 +1,24 @@
+"""Repository layout guards: every package is shipped, and test module names never collide."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from kb_helpers import ROOT
+
+
+def test_every_package_is_listed_in_pyproject():
+    text = (ROOT / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(kalm_bench(?:_plugins)?(?:\.[a-z_]+)*)"', text))
+    for base, name in (("harness", "kalm_bench"), ("plugins", "kalm_bench_plugins")):
+        for init in (ROOT / base).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / base)
+            package = ".".join([name, *rel.parts])
+            assert package in listed, f"{package} is missing from pyproject's packages"
+
+
+def test_test_module_basenames_are_unique():
+    # pytest's default import mode needs unique basenames across test folders without __init__.py.
+    names = Counter(p.name for p in (ROOT / "tests").rglob("*.py") if p.name != "conftest.py")
+    assert [n for n, c in names.items() if c > 1] == []

@@ -71,9 +71,9 @@ class MetaworldEnvironment(Environment):
     @cached_property
     def distractor_bank(self) -> dict[str, np.ndarray]:
         """Entity kind → (n, 7) initial poses from real resets (see ``gym_env.build_distractor_bank``)."""
-        with resources.files(__package__).joinpath("distractor_states.npz").open("rb") as f:
-            with np.load(f, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+        # Kept as JSON text (float32 values round-trip exactly) rather than a binary file in git.
+        raw = json.loads(resources.files(__package__).joinpath("distractor_states.json").read_text())
+        return {k: np.asarray(v, np.float32) for k, v in raw.items()}
 
     def _check_level(self, level: str) -> None:
         if level not in LEVEL_TASKS:

@@ -120,16 +120,25 @@ def _load_dataset(store: ArtifactStore, key: str, kind: str) -> TrajectoryDatase
     return TrajectoryDataset.load(store.path(kind, key) / "dataset", verify=False)
 
 
+def _dataset_shell(store: ArtifactStore, key: str, kind: str) -> TrajectoryDataset:
+    """No episodes, but the shapes of a stored dataset: all that loading a policy needs."""
+    m = json.loads((store.path(kind, key) / "dataset" / "manifest.json").read_text())
+    return TrajectoryDataset.from_episodes([], env=m["env"], action_kind=m["action_kind"],
+                                           action_size=int(m["action_size"]), state_dim=int(m["state_dim"]))
+
+
 def _train_inputs(stage_spec: dict[str, Any], deps: dict[str, str], store: ArtifactStore,
                   with_data: bool = True) -> tuple[api.Algorithm, api.TrainContext, Encoded]:
+    """The algorithm and its context; ``with_data=False`` (evaluation) gives empty data of the right shapes."""
     env = make_component("envs", stage_spec["env"])
     algo = make_component("algorithms", stage_spec["algorithm"])
     encoder = Encoded(make_component("encoders", stage_spec["encoder"]), store, stage_spec["encoder"])
-    real = _load_dataset(store, deps["dataset"], "dataset")
-    imag = _load_dataset(store, deps["rollouts"], "rollouts") if "rollouts" in deps else None
+    load = _load_dataset if with_data else _dataset_shell
+    real = load(store, deps["dataset"], "dataset")
+    imag = load(store, deps["rollouts"], "rollouts") if "rollouts" in deps else None
     table = sorted({str(t) for t in real.instructions} | ({str(t) for t in imag.instructions} if imag else set()))
     index = {t: i for i, t in enumerate(table)}
-    emb = encoder(table) if with_data else np.zeros((len(table), encoder.encoder.dim), np.float32)
+    emb = encoder(table) if table else np.zeros((0, encoder.encoder.dim), np.float32)
     real_td = to_transitions(real, table, index, emb)
     imag_td = to_transitions(imag, table, index, emb) if imag is not None and imag.n_transitions else None
     llm = None

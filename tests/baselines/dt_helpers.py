@@ -8,18 +8,14 @@ import numpy as np
 
 from kalm_bench.api import StrictConfig, TrainContext, TransitionData
 from kalm_bench.datasets import TrajectoryDataset
+from kalm_bench.stages import to_transitions as core_to_transitions
 
 
 def to_transitions(ds: TrajectoryDataset, embed) -> TransitionData:
     """What the core's stage graph hands to ``Algorithm.train`` (one embedding row per unique instruction)."""
     table = sorted({str(t) for t in ds.instructions})
     index = {t: i for i, t in enumerate(table)}
-    terminals, timeouts = ds.end_flags()
-    ids = np.array([index[str(t)] for t in ds.instructions], np.int64)[ds.episode_index()]
-    return TransitionData(states=ds.states, actions=ds.actions, rewards=ds.rewards, next_states=ds.next_states,
-                          terminals=terminals, timeouts=timeouts, instruction_ids=ids,
-                          embeddings=np.asarray(embed(table), np.float32), instructions=table,
-                          episode_starts=ds.episode_starts)
+    return core_to_transitions(ds, table, index, np.asarray(embed(table), np.float32))
 
 
 def synthetic(n_eps: int = 30, length: int = 12, state_dim: int = 5, emb_dim: int = 4, n_instr: int = 3,

@@ -26,6 +26,7 @@ from kalm_bench_plugins.offline_rl.sampler import split_batch
 from kalm_bench_plugins.offline_rl.trainer import (
     build_d3rlpy_config,
     check_d3rlpy_config,
+    check_train_inputs,
     policy_device,
     read_policy_meta,
     seed_everything,
@@ -318,11 +319,7 @@ def load_policy(path: Path, device: str | None = None) -> DTPolicy:
 
 def train(algorithm: DTAlgorithm, ctx: TrainContext) -> None:
     cfg: DTConfig = algorithm.config  # type: ignore[assignment]
-    if ctx.action_kind not in algorithm.action_kinds:
-        raise UserError(f"algorithm {algorithm.name!r} needs {' or '.join(algorithm.action_kinds)} actions, "
-                        f"the environment has {ctx.action_kind} ones", field="algorithms")
-    if len(ctx.real) == 0:
-        raise UserError("the real dataset has no transitions", field="data")
+    check_train_inputs(algorithm, ctx)
     seed_everything(ctx.seed)
     returns = episode_returns(ctx.real)
     target = float(cfg.target_return) if cfg.target_return is not None else float(returns.max())

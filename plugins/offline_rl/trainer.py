@@ -251,13 +251,18 @@ def _fit_scalers(algo: QLearningAlgoBase, data: list[TransitionData], action_kin
     build_scalers_with_transition_picker(algo, dataset)
 
 
-def train(algorithm: D3rlpyAlgorithm, ctx: TrainContext) -> None:
-    cfg: D3rlpyConfig = algorithm.config  # type: ignore[assignment]
+def check_train_inputs(algorithm: Any, ctx: TrainContext) -> None:
+    """Fail early, naming the suite field, on data this algorithm cannot train on."""
     if ctx.action_kind not in algorithm.action_kinds:
         raise UserError(f"algorithm {algorithm.name!r} needs {' or '.join(algorithm.action_kinds)} actions, "
                         f"the environment has {ctx.action_kind} ones", field="algorithms")
     if len(ctx.real) == 0:
         raise UserError("the real dataset has no transitions", field="data")
+
+
+def train(algorithm: D3rlpyAlgorithm, ctx: TrainContext) -> None:
+    cfg: D3rlpyConfig = algorithm.config  # type: ignore[assignment]
+    check_train_inputs(algorithm, ctx)
     seed_everything(ctx.seed)
     imaginary = ctx.imaginary if ctx.imaginary is not None and len(ctx.imaginary) else None
     n_real, n_imag = split_batch(cfg.batch_size, ctx.imaginary_fraction, imaginary is not None)

@@ -15,6 +15,7 @@ from kalm_bench.api import (
     TransitionData,
 )
 from kalm_bench.datasets import Episode, TrajectoryDataset
+from kalm_bench.stages import to_transitions as core_to_transitions
 
 
 def synthetic(n_eps: int = 40, length: int = 10, state_dim: int = 6, emb_dim: int = 8, n_instr: int = 5,

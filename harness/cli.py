@@ -18,9 +18,6 @@ import click
 from . import __version__
 from .errors import UserError
 
-# Keep library chatter (gym's NumPy-2 banner on every d3rlpy import) out of tables and JSON output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 
 def _registry():
     from .plugins import get_registry

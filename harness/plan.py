@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from .cache import stage_key
 from .errors import UserError
 from .plugins import Registry
-from .suite import LoadedSuite
+from .suite import LoadedSuite, format_loc
 
 STAGE_ORDER = ("dataset", "grounding", "rollouts", "train", "eval")
 
@@ -86,8 +86,6 @@ def _component(registry: Registry, kind: str, name: str, preset: str | None, con
 
 
 def _f(loc: tuple, last: str) -> str:
-    from .suite import format_loc
-
     return format_loc(loc + (last,))
 
 

@@ -14,7 +14,6 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import d3rlpy
 import numpy as np
 import torch
 from d3rlpy.base import LearnableConfigWithShape
@@ -30,6 +29,7 @@ from kalm_bench_plugins.offline_rl.trainer import (
     policy_device,
     read_policy_meta,
     seed_everything,
+    write_policy_files,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -282,12 +282,7 @@ class DTPolicy(Policy):
         return out[:, -1].cpu().numpy().astype(np.float32)
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state, path / WEIGHTS_FILE)
-        meta = dict(self.meta, format=FORMAT, d3rlpy_version=d3rlpy.__version__,
-                    d3rlpy_config=json.loads(self.config_json))
-        (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_policy_files(Path(path), self.state, self.meta, self.config_json, FORMAT, WEIGHTS_FILE)
 
 
 _META_KEYS = ("action_kind", "action_size", "state_dim", "embedding_dim", "context_size", "target_return",

@@ -218,17 +218,11 @@ def losses(model: SlotDecoder, batch: dict[str, torch.Tensor], text_table: torch
     pos = torch.arange(n).unsqueeze(0).expand(b, n)
     x = model.embed(batch["kind"], text_table[batch["tid"]], batch["st"], batch["ac"], pos)
     h, _ = model(x)
-    parts = numeric_losses(model.state_out, model.action_out, model.action_kind, h, batch)
+    parts = numeric_losses(model, h, batch)
     m = batch["ex_t"] >= 0
     if m.any():
         parts["explain"] = multi_positive_nce(model.text_out(h[m]), cands, cand_goal, batch["ex_t"][m],
                                               temperature)
-    m = batch["dn_m"] > 0
-    if m.any():
-        parts["done"] = F.binary_cross_entropy_with_logits(model.done_out(h[m])[:, 0], batch["dn_t"][m])
-    m = batch["rw_m"] > 0
-    if m.any():
-        parts["reward"] = F.mse_loss(model.reward_out(h[m])[:, 0], batch["rw_t"][m])
     total = sum(weights[k] * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 

@@ -149,17 +149,11 @@ class Grounded(nn.Module):
         h, _ = self.hidden(x, mask, pos)
         h32 = h.float()
         nm = self.numeric
-        parts = numeric_losses(nm.state_out, nm.action_out, nm.action_kind, h32, batch)
+        parts = numeric_losses(nm, h32, batch)
         m = batch["tok_t"] >= 0
         if m.any():
             logits = self.lm.get_output_embeddings()(h[m]).float()
             parts["text"] = F.cross_entropy(logits, batch["tok_t"][m])
-        m = batch["dn_m"] > 0
-        if m.any():
-            parts["done"] = F.binary_cross_entropy_with_logits(nm.done_out(h32[m])[:, 0], batch["dn_t"][m])
-        m = batch["rw_m"] > 0
-        if m.any():
-            parts["reward"] = F.mse_loss(nm.reward_out(h32[m])[:, 0], batch["rw_t"][m])
         total = sum(weights[k] * v for k, v in parts.items())
         if not parts:  # keep every parameter in the graph for DDP
             total = h32.sum() * 0.0

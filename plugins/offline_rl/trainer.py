@@ -146,12 +146,16 @@ class D3rlpyPolicy(Policy):
         return np.asarray(actions, np.float32).reshape(len(obs), -1)
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        torch.save(self.states, path / WEIGHTS_FILE)
-        meta = dict(self.meta, format=FORMAT, d3rlpy_version=d3rlpy.__version__,
-                    d3rlpy_config=json.loads(self.config_json))
-        (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_policy_files(Path(path), self.states, self.meta, self.config_json, FORMAT, WEIGHTS_FILE)
+
+
+def write_policy_files(path: Path, state: Any, meta: dict[str, Any], config_json: str, fmt: str,
+                       weights_file: str) -> None:
+    """Weights (``torch.save`` of tensors only, loaded with ``weights_only=True``) plus JSON metadata."""
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path / weights_file)
+    meta = dict(meta, format=fmt, d3rlpy_version=d3rlpy.__version__, d3rlpy_config=json.loads(config_json))
+    (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
 def read_policy_meta(mpath: Path, fmt: str, what: str, required: tuple[str, ...] = ()) -> dict[str, Any]:

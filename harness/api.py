@@ -340,6 +340,24 @@ class LLMBackend(Component):
         """Optional model-quality metrics recorded next to each run that used this model."""
         return {}
 
+    def policy(self, model_dir: Path, env: Environment) -> Policy:
+        """Optional: the grounded model acting directly in ``env`` (the LLM-as-policy baseline).
+
+        At every step the policy reads each episode's instruction, initial state and real history
+        (``PolicyBatch.history_states`` / ``history_actions``) and returns the next actions, batched across
+        episodes. Backends that cannot act raise :class:`NotImplementedError`.
+        """
+        raise NotImplementedError(f"LLM backend {self.name!r} cannot act as a policy")
+
+    def backbone(self, model_dir: Path, device: str) -> Any:
+        """Optional: the model's transformer as a trainable torch module, for a Decision Transformer whose
+        backbone is the LLM (the paper's DT baseline used Llama-2-7b-chat this way).
+
+        The module maps input embeddings ``(B, L, hidden_size)`` to causal hidden states of the same shape
+        and has an ``int`` attribute ``hidden_size``. Backends without one raise :class:`NotImplementedError`.
+        """
+        raise NotImplementedError(f"LLM backend {self.name!r} has no backbone for a Decision Transformer")
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Running and reporting

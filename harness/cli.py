@@ -129,7 +129,8 @@ def _execute(plan, out: Path, store, executor: str, jobs: int, rerun_failed: boo
 def _render_report(results: Path, fmt: str, stat: str | None, reference: str | None, reference_env: str | None,
                    write_files: bool = False, title: str | None = None) -> str:
     from .records import load_records
-    from .report import build_diagnostics_table, build_gain_table, build_table
+    from .report import (build_comparison_table, build_diagnostics_table, build_gain_table, build_table,
+                         build_timing_table)
 
     records = load_records(results)
     cfg: dict[str, Any] = {}
@@ -148,9 +149,20 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
     gains = build_gain_table(records, reps=reps)
     if gains is not None:
         parts.append(reporter.render(gains, title="KALM gain (points, 95% bootstrap CI over seeds)"))
+    for comp in cfg.get("comparisons", []) or []:
+        parts.append(reporter.render(build_comparison_table(table, comp["rows"], comp.get("levels")),
+                                     title=comp["title"]))
     diag = build_diagnostics_table(records)
     if diag is not None:
         parts.append(reporter.render(diag, title="LLM diagnostics (%)"))
+    timings_file = results / "timings.json" if results.is_dir() else None
+    if timings_file is not None and timings_file.is_file():
+        try:
+            timing = build_timing_table(json.loads(timings_file.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"corrupt timings file ({exc})", file=timings_file) from None
+        if timing is not None:
+            parts.append(reporter.render(timing, title="Wall time per stage (built stages; cache hits cost ~0)"))
     cell = "mean ± std (n seeds)" if stat == "mean_std" else "IQM [95% stratified-bootstrap CI] (n seeds)"
     footer = (f"{len(ok)} runs ok, {len(failed)} failed. Cells: {cell} of the per-seed success rate, each the mean "
               f"over the last {ok[0].get('last_k', '?') if ok else '?'} checkpoints.")

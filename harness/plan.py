@@ -177,6 +177,17 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
             if lv not in env_levels:
                 raise loaded.error(("eval", "episodes", lv), f"unknown level {lv!r}; valid: {', '.join(env_levels)}")
 
+    rows = {e.row for e, _, _ in algo_specs} | {f"{e.row} +KALM" for e, _, _ in algo_specs if "kalm" in e.variants}
+    for i, comp in enumerate(s.report.comparisons):
+        for j, row in enumerate(comp.rows):
+            if row not in rows:
+                raise loaded.error(("report", "comparisons", i, "rows", j),
+                                   f"no table row {row!r}; rows: {', '.join(sorted(rows))}")
+        for j, lv in enumerate(comp.levels or []):
+            if lv not in levels:
+                raise loaded.error(("report", "comparisons", i, "levels", j),
+                                   f"level {lv!r} is not evaluated; levels: {', '.join(levels)}")
+
     train_common = {"steps": s.train.steps, "checkpoint_every": s.train.checkpoint_every}
     runs: list[Run] = []
     for entry, algo_spec, cls in algo_specs:

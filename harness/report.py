@@ -163,3 +163,31 @@ def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | Non
     table = pd.DataFrame(list(rows.values())).set_index("llm").fillna("–").T
     table.index.name = "metric"
     return table.sort_index()
+
+
+def build_comparison_table(table: pd.DataFrame, rows: list[str], levels: list[str] | None) -> pd.DataFrame:
+    """The main table restricted to ``rows`` and ``levels`` (with their paper columns), in the given order."""
+    cols = [c for c in table.columns if levels is None or c in levels or c.removesuffix(" (paper)") in levels]
+    out = table.reindex(index=rows, columns=cols).fillna("–")
+    out.index.name = table.index.name
+    return out
+
+
+def build_timing_table(timings: dict[str, Any]) -> pd.DataFrame | None:
+    """Wall time per stage kind from a results directory's ``timings.json`` (stages built, not cache hits)."""
+    stages = [s for s in timings.get("stages", []) if s.get("wall_s") is not None]
+    if not stages:
+        return None
+    rows = []
+    for kind in ("dataset", "grounding", "rollouts", "train", "eval"):
+        walls = [float(s["wall_s"]) for s in stages if s["kind"] == kind]
+        if walls:
+            rows.append({"stage": kind, "n": str(len(walls)), "total (min)": f"{sum(walls) / 60:.1f}",
+                         "mean (s)": f"{np.mean(walls):.1f}", "max (s)": f"{max(walls):.1f}"})
+    invocations = timings.get("invocations", [])
+    if invocations:
+        total = sum(float(i.get("wall_s", 0.0)) for i in invocations)
+        rows.append({"stage": "suite (wall clock)", "n": f"{len(invocations)} invocation(s)",
+                     "total (min)": f"{total / 60:.1f}", "mean (s)": "–", "max (s)": "–"})
+    return pd.DataFrame(rows).set_index("stage")
+

@@ -163,6 +163,7 @@ class Runner:
 
         self._execute(chains, summary, on_chain)
         summary.wall_s = time.time() - t0
+        self._write_timings(summary)
         current = load_records(self.output, current_only=True)
         atomic_write_text(self.output / "records.jsonl", write_jsonl(current))
         summary.records = current
@@ -183,6 +184,27 @@ class Runner:
                     self.stage_errors[res.key] = res.error or "failed"
                     self.say(f"stage failed: {res.error}")
             on_done(results)
+
+    def _write_timings(self, summary: RunSummary) -> None:
+        """``timings.json``: wall time of every planned stage that is built, and of each invocation.
+
+        Stage times come from the cache manifests, so a resumed suite still reports the stages an earlier
+        invocation built; invocations accumulate (a resumed suite's total is their sum).
+        """
+        path = self.output / "timings.json"
+        try:
+            invocations = json.loads(path.read_text()).get("invocations", []) if path.is_file() else []
+        except (json.JSONDecodeError, AttributeError):
+            invocations = []  # a damaged timings file must not stop a finished suite from reporting
+        invocations.append({"started_at": self.started_at, "wall_s": round(summary.wall_s, 3), "jobs": self.jobs,
+                            "executor": self.executor.name, "runs_done": summary.ok, "runs_failed": summary.failed,
+                            "stages_built": summary.stages_built, "stages_cached": summary.stages_cached,
+                            "machine": self.machine, "git_sha": self.git_sha})
+        stages = []
+        for st in self.plan.stages.values():
+            wall = self.store.manifest(st.kind, st.key).get("wall_s") if self.store.done(st.kind, st.key) else None
+            stages.append({"kind": st.kind, "label": st.label, "key": st.key, "wall_s": wall})
+        atomic_write_text(path, json.dumps({"invocations": invocations, "stages": stages}, indent=2))
 
     def _finish(self, run: Run, summary: RunSummary, error: str | None) -> None:
         record = self.make_record(run, error)

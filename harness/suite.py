@@ -104,11 +104,21 @@ class EvalSection(_Model):
     batch_size: int = Field(128, ge=1)
 
 
+class ComparisonSpec(_Model):
+    title: str = Field(min_length=1)
+    rows: list[str] = Field(min_length=1, description="table rows to compare: labels, '<label> +KALM' for KALM "
+                                                      "variants")
+    levels: list[str] | None = Field(None, description="columns; default: every evaluated level")
+
+
 class ReportSection(_Model):
     reference: str | None = Field(None, description="CSV of published numbers, relative to the suite file")
     reference_env: str | None = None
     stat: Literal["mean_std", "iqm_ci"] = "mean_std"
     reps: int = Field(2000, ge=100)
+    comparisons: list[ComparisonSpec] = Field(default_factory=list,
+                                              description="extra tables picking rows and levels of the main "
+                                                          "one, e.g. the paper's Fig. 5")
 
 
 class Suite(_Model):

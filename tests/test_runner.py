@@ -159,3 +159,35 @@ def test_plot_writes_pngs(core_env, suite_file):
         data = (core_env / "a" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
     assert "success_bars.png" in proc.stdout
+
+
+def test_timings_and_comparison_tables_in_the_report(core_env, suite_file):
+    text = suite_file.read_text() + (
+        "report:\n  comparisons:\n    - {title: 'Fig. X: tabular-bc vs its KALM variant', "
+        "rows: [tabular-bc +KALM, tabular-bc], levels: [rephrase]}\n")
+    suite_file.write_text(text)
+    _run(suite_file, core_env / "a")
+    timings = json.loads((core_env / "a" / "timings.json").read_text())
+    assert len(timings["invocations"]) == 1 and timings["invocations"][0]["runs_done"] == 12
+    kinds = {s["kind"] for s in timings["stages"]}
+    assert kinds == {"dataset", "grounding", "rollouts", "train", "eval"}
+    assert all(s["wall_s"] is not None and s["wall_s"] >= 0 for s in timings["stages"])
+    _run(suite_file, core_env / "a")  # a resumed invocation is added, stage times stay
+    assert len(json.loads((core_env / "a" / "timings.json").read_text())["invocations"]) == 2
+    out = run_cli("report", str(core_env / "a"), check=True).stdout
+    comp = out.split("Fig. X: tabular-bc vs its KALM variant")[1].split("\n\n")[1]
+    lines = [ln for ln in comp.splitlines() if ln.startswith("|")]
+    assert "rephrase" in lines[0] and "seen" not in lines[0] and "far" not in lines[0]
+    assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["tabular-bc +KALM", "tabular-bc"]
+    assert "Wall time per stage" in out and "2 invocation(s)" in out
+    # A damaged timings file is one clear error naming it.
+    (core_env / "a" / "timings.json").write_text('{"stages": [{"kind": "train", "wall_s": "x"}]}')
+    bad = run_cli("report", str(core_env / "a"))
+    assert bad.returncode == 2 and "timings.json" in bad.stderr
+
+
+def test_comparison_rows_must_exist(core_env, suite_file):
+    suite_file.write_text(suite_file.read_text() + "report:\n  comparisons:\n    - {title: T, rows: [tabular-bc, nope]}\n")
+    proc = run_cli("validate", str(suite_file))
+    assert proc.returncode == 2
+    assert "report.comparisons[0].rows[1]" in proc.stderr and "nope" in proc.stderr

@@ -22,3 +22,12 @@ def test_test_module_basenames_are_unique():
     # pytest's default import mode needs unique basenames across test folders without __init__.py.
     names = Counter(p.name for p in (ROOT / "tests").rglob("*.py") if p.name != "conftest.py")
     assert [n for n, c in names.items() if c > 1] == []
+
+
+def test_github_workflow_runs_the_ci_script():
+    import yaml
+
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    steps = [s for job in wf["jobs"].values() for s in job["steps"]]
+    assert any(s.get("run", "").strip() == ".ci/run" for s in steps)
+    assert any(s.get("with", {}).get("python-version") == "3.11" for s in steps)

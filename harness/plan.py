@@ -122,7 +122,6 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
 
     # -- algorithms
     algo_specs = []
-    needs_llm = False
     for i, entry in enumerate(s.algorithms):
         spec = _component(registry, "algorithms", entry.name, entry.preset, entry.config, loaded, ("algorithms", i))
         cls = registry.get("algorithms", entry.name)
@@ -132,28 +131,39 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
         if cls.needs_llm and "kalm" in entry.variants:
             raise loaded.error(("algorithms", i, "variants"), f"{entry.name!r} acts through the LLM itself; "
                                "it has no KALM variant")
-        needs_llm = needs_llm or cls.needs_llm or "kalm" in entry.variants
         algo_specs.append((entry, spec, cls))
 
-    # -- LLM grounding and rollouts
-    grounding_key = None
-    if needs_llm:
-        if s.llm is None:
-            raise loaded.error(("llm",), "required: a KALM variant or an LLM-based algorithm needs an 'llm' section")
-        backend_spec = _component(registry, "llm_backends", s.llm.backend, s.llm.preset, s.llm.config, loaded,
-                                  ("llm",), name_field="backend")
+    # -- LLM grounding: one stage per distinct LLM section (the suite's, or an entry's changes to it)
+    def grounding_for(i: int, entry: Any) -> str:
+        loc: tuple = ("llm",) if entry.llm is None else ("algorithms", i, "llm")
+        if s.llm is None and (entry.llm is None or not entry.llm.backend):
+            raise loaded.error(loc, "required: a KALM variant or an LLM-based algorithm needs an 'llm' section")
+        llm = s.llm if entry.llm is None else entry.llm.apply(s.llm)
+        if len(set(llm.grounding_tasks)) != len(llm.grounding_tasks):
+            raise loaded.error(loc + ("grounding_tasks",), "grounding tasks must be unique")
+        backend_spec = _component(registry, "llm_backends", llm.backend, llm.preset, llm.config, loaded,
+                                  loc, name_field="backend")
         tasks = []
-        for j, t in enumerate(s.llm.grounding_tasks):
-            tcls = registry.get("grounding_tasks", t, file=loaded.source_of(("llm", "grounding_tasks", j)),
-                                field=f"llm.grounding_tasks[{j}]")
+        for j, t in enumerate(llm.grounding_tasks):
+            tcls = registry.get("grounding_tasks", t, file=loaded.source_of(loc + ("grounding_tasks", j)),
+                                field=format_loc(loc + ("grounding_tasks", j)))
             tasks.append({"name": t, "version": str(tcls.version),
                           "plugin_version": registry.plugin_of("grounding_tasks", t).version})
         if not tasks:
-            raise loaded.error(("llm", "grounding_tasks"), "at least one grounding task is needed")
-        grounding_key = add("grounding", {"env": env_spec, "backend": backend_spec, "tasks": tasks,
-                                          "seed": s.llm.seed}, {"dataset": dataset_key}, f"{s.llm.backend} grounding")
+            raise loaded.error(loc + ("grounding_tasks",), "at least one grounding task is needed")
+        suffix = "" if entry.llm is None else f" ({entry.row})"
+        key = add("grounding", {"env": env_spec, "backend": backend_spec, "tasks": tasks, "seed": llm.seed},
+                  {"dataset": dataset_key}, f"{llm.backend} grounding{suffix}")
+        llm_suffix.setdefault(key, suffix)
+        return key
 
-    def rollouts_for(level: str, loc: tuple) -> tuple[str, str]:
+    grounding_of: dict[int, str] = {}
+    llm_suffix: dict[str, str] = {}  # grounding key → label suffix naming the row that changed the LLM
+    for i, (entry, _, cls) in enumerate(algo_specs):
+        if cls.needs_llm or "kalm" in entry.variants:
+            grounding_of[i] = grounding_for(i, entry)
+
+    def rollouts_for(level: str, grounding_key: str) -> tuple[str, str]:
         target = s.rollouts.for_level.get(level, level)
         if target not in env_levels:
             raise loaded.error(("rollouts", "for_level", level), f"unknown level {target!r}")
@@ -162,7 +172,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                                f"level {target!r}: add rollouts.counts.{target}")
         key = add("rollouts", {"env": env_spec, "level": target, "count": s.rollouts.counts[target],
                                "seed": s.rollouts.seed, "labels": s.rollouts.labels},
-                  {"dataset": dataset_key, "grounding": grounding_key}, f"{target} rollouts")
+                  {"dataset": dataset_key, "grounding": grounding_key}, f"{target} rollouts{llm_suffix[grounding_key]}")
         return target, key
 
     for lv in s.rollouts.for_level:
@@ -190,7 +200,8 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
 
     train_common = {"steps": s.train.steps, "checkpoint_every": s.train.checkpoint_every}
     runs: list[Run] = []
-    for entry, algo_spec, cls in algo_specs:
+    for i, (entry, algo_spec, cls) in enumerate(algo_specs):
+        grounding_key = grounding_of.get(i)
         for variant in entry.variants:
             for seed in s.seed_list:
                 base_train = None
@@ -200,7 +211,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                     if cls.needs_llm:
                         deps["grounding"] = grounding_key  # type: ignore[assignment]
                     if variant == "kalm":
-                        imag_level, rkey = rollouts_for(level, ("rollouts",))
+                        imag_level, rkey = rollouts_for(level, grounding_key)  # type: ignore[arg-type]
                         deps["rollouts"] = rkey
                         deps["grounding"] = grounding_key  # type: ignore[assignment]
                     train_spec = {"env": env_spec, "algorithm": algo_spec, "encoder": encoder_spec, "seed": seed,

@@ -152,7 +152,8 @@ def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | Non
         if r.get("status") != "ok" or not r.get("llm_backend"):
             continue
         key = r["data_keys"].get("grounding", "")[:8]
-        row = rows.setdefault(key, {"llm": f"{r['llm_backend']} ({key})"})
+        tasks = "+".join(r.get("llm_tasks") or [])
+        row = rows.setdefault(key, {"llm": f"{r['llm_backend']} ({key})" + (f" [{tasks}]" if tasks else "")})
         for k, v in (r.get("llm_diagnostics") or {}).items():
             row[k] = f"{100 * v:.1f}" if isinstance(v, float) and 0 <= v <= 1 else str(v)
         if r.get("rollouts") and r.get("imaginary_level") and r["rollouts"].get("goal_match_rate") is not None:

@@ -221,6 +221,7 @@ class Runner:
         entry = next(a for a in s.algorithms if a.row == run.row)
         algo_spec = self.plan.stages[run.stages["train"]].spec["algorithm"]
         train_spec = self.plan.stages[run.stages["train"]].spec
+        gspec = self.plan.stages[run.stages["grounding"]].spec if "grounding" in run.stages else None
         rec: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION, "run_id": run.run_id, "suite": s.suite, "suite_version": s.version,
             "env": run.env, "level": run.level, "algorithm": run.row, "algorithm_name": run.algorithm,
@@ -231,9 +232,9 @@ class Runner:
             "variant": run.variant, "kalm": run.variant == "kalm", "imaginary_level": run.imaginary_level,
             "seed": run.seed, "eval_seed": s.eval.seed, "train_steps": train_spec["steps"],
             "encoder": train_spec["encoder"]["name"], "data_keys": dict(run.stages),
-            "llm_backend": (s.llm.backend if s.llm and "grounding" in run.stages else None),
-            "llm_config": (self.plan.stages[run.stages["grounding"]].spec["backend"]["config"]
-                           if "grounding" in run.stages else None),
+            "llm_backend": gspec["backend"]["name"] if gspec else None,
+            "llm_config": gspec["backend"]["config"] if gspec else None,
+            "llm_tasks": [t["name"] for t in gspec["tasks"]] if gspec else None,
             "status": "ok" if error is None else "failed", "error": error,
             "git_sha": self.git_sha, "harness_version": __version__, "versions": self.versions,
             "machine": self.machine, "started_at": self.started_at, "finished_at": _now(),

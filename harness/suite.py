@@ -73,6 +73,28 @@ class RolloutsSection(_Model):
         return v
 
 
+class LLMOverride(_Model):
+    """Per-algorithm changes to the suite's ``llm`` section (e.g. a grounding-task ablation)."""
+
+    backend: str | None = None
+    preset: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict, description="merged over the suite's llm.config")
+    grounding_tasks: list[str] | None = None
+    seed: int | None = None
+
+    def apply(self, base: LLMSection | None) -> LLMSection:
+        if base is None:
+            return LLMSection(backend=self.backend or "", preset=self.preset, config=dict(self.config),
+                              **({"grounding_tasks": self.grounding_tasks} if self.grounding_tasks else {}),
+                              seed=self.seed or 0)
+        return LLMSection(backend=self.backend or base.backend,
+                          preset=self.preset if self.preset is not None else base.preset,
+                          config={**base.config, **self.config},
+                          grounding_tasks=self.grounding_tasks if self.grounding_tasks is not None
+                          else base.grounding_tasks,
+                          seed=self.seed if self.seed is not None else base.seed)
+
+
 class AlgorithmEntry(_Model):
     name: str
     label: str | None = Field(None, description="row name in tables; default: the algorithm name")
@@ -80,6 +102,7 @@ class AlgorithmEntry(_Model):
     config: dict[str, Any] = Field(default_factory=dict)
     variants: list[Literal["base", "kalm"]] = Field(default_factory=lambda: ["base"], min_length=1)
     reference: str | None = Field(None, description="algorithm name in the reference CSV; default: label")
+    llm: LLMOverride | None = Field(None, description="this entry's changes to the suite's llm section")
 
     @property
     def row(self) -> str:

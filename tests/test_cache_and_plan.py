@@ -108,3 +108,26 @@ def test_cache_ls_and_clear(tmp_path):
     assert store.clear(kind="train") == 1
     assert [e.kind for e in store.entries()] == ["dataset"]
     assert store.clear() == 1 and list(store.entries()) == []
+
+
+def test_an_entry_can_change_the_llm_for_an_ablation(core_env, suite_file):
+    base, _ = _keys(suite_file)
+    keys, plan = _keys(suite_file, "algorithms+={name: tabular-bc, label: ablated, variants: [kalm], "
+                                   "llm: {config: {accuracy: 0.5}}}")
+    groundings = sorted(k for (kind, _), k in keys.items() if kind == "grounding")
+    assert len(groundings) == 2  # the suite's LLM and the ablated one
+    # The suite's own LLM stages are untouched; the ablated row trains on its own LLM's rollouts.
+    assert {k: v for k, v in keys.items() if k in base} == base
+    ablated = [r for r in plan.runs if r.row == "ablated"]
+    assert ablated and all(r.stages["grounding"] not in base.values() for r in ablated)
+    assert all(plan.stages[r.stages["rollouts"]].deps["grounding"] == r.stages["grounding"] for r in ablated)
+    spec = plan.stages[ablated[0].stages["grounding"]].spec
+    assert spec["backend"]["config"]["accuracy"] == 0.5
+
+
+def test_an_unknown_task_in_an_entry_llm_names_its_field(core_env, suite_file):
+    from kalm_bench.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        _keys(suite_file, "algorithms[0].llm={grounding_tasks: [scripted, nope]}")
+    assert "algorithms[0].llm.grounding_tasks[1]" in str(err.value) and "nope" in str(err.value)

@@ -198,10 +198,13 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                 raise loaded.error(("report", "comparisons", i, "levels", j),
                                    f"level {lv!r} is not evaluated; levels: {', '.join(levels)}")
 
-    train_common = {"steps": s.train.steps, "checkpoint_every": s.train.checkpoint_every}
     runs: list[Run] = []
     for i, (entry, algo_spec, cls) in enumerate(algo_specs):
         grounding_key = grounding_of.get(i)
+        tr = entry.train.model_dump(exclude_none=True) if entry.train else {}
+        train_common = {"steps": tr.get("steps", s.train.steps),
+                        "checkpoint_every": tr.get("checkpoint_every", s.train.checkpoint_every)}
+        imaginary_fraction = tr.get("imaginary_fraction", s.train.imaginary_fraction)
         for variant in entry.variants:
             for seed in s.seed_list:
                 base_train = None
@@ -216,7 +219,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                         deps["grounding"] = grounding_key  # type: ignore[assignment]
                     train_spec = {"env": env_spec, "algorithm": algo_spec, "encoder": encoder_spec, "seed": seed,
                                   **train_common,
-                                  "imaginary_fraction": s.train.imaginary_fraction if variant == "kalm" else 0.0}
+                                  "imaginary_fraction": imaginary_fraction if variant == "kalm" else 0.0}
                     if variant == "base" and base_train is not None:
                         train_key = base_train
                     else:

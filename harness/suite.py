@@ -95,6 +95,12 @@ class LLMOverride(_Model):
                           seed=self.seed if self.seed is not None else base.seed)
 
 
+class TrainOverride(_Model):
+    steps: int | None = Field(None, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
+    imaginary_fraction: float | None = Field(None, ge=0.0, le=1.0)
+
+
 class AlgorithmEntry(_Model):
     name: str
     label: str | None = Field(None, description="row name in tables; default: the algorithm name")
@@ -103,6 +109,8 @@ class AlgorithmEntry(_Model):
     variants: list[Literal["base", "kalm"]] = Field(default_factory=lambda: ["base"], min_length=1)
     reference: str | None = Field(None, description="algorithm name in the reference CSV; default: label")
     llm: LLMOverride | None = Field(None, description="this entry's changes to the suite's llm section")
+    train: TrainOverride | None = Field(None, description="this entry's changes to the suite's train section "
+                                                          "(e.g. fewer steps for a slow algorithm)")
 
     @property
     def row(self) -> str:

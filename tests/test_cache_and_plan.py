@@ -131,3 +131,11 @@ def test_an_unknown_task_in_an_entry_llm_names_its_field(core_env, suite_file):
     with pytest.raises(UserError) as err:
         _keys(suite_file, "algorithms[0].llm={grounding_tasks: [scripted, nope]}")
     assert "algorithms[0].llm.grounding_tasks[1]" in str(err.value) and "nope" in str(err.value)
+
+
+def test_an_entry_can_change_its_training_budget(core_env, suite_file):
+    before, _ = _keys(suite_file)
+    after, plan = _keys(suite_file, "algorithms[0].train={steps: 8, checkpoint_every: 2}")
+    assert _changed(before, after) == ["eval", "train"]
+    trains = [s for s in plan.stages.values() if s.kind == "train"]
+    assert {(s.spec["steps"], s.spec["checkpoint_every"]) for s in trains} == {(8, 2)}

@@ -1,6 +1,7 @@
-"""Baselines that are not offline-RL value methods: Decision Transformer (discrete and continuous) on d3rlpy.
+"""Baselines that are not offline-RL value methods: Decision Transformer (discrete and continuous) on d3rlpy,
+and LLM as policy (the grounded LLM acting directly).
 
-The policy input is state ⊕ instruction embedding, as for every other algorithm, and the transformer is
+The DT policy input is state ⊕ instruction embedding, as for every other algorithm, and the transformer is
 additionally conditioned on return-to-go. d3rlpy and torch are imported only when a run trains or loads.
 """
 
@@ -14,6 +15,7 @@ from kalm_bench import hookimpl
 @hookimpl
 def register_algorithms(register: Callable[[type], None]) -> None:
     from .dt import ALGORITHMS
+    from .llm_policy import ALGORITHMS as LLM_ALGORITHMS
 
-    for cls in ALGORITHMS:
+    for cls in ALGORITHMS + LLM_ALGORITHMS:
         register(cls)

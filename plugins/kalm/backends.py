@@ -17,7 +17,7 @@ from kalm_bench.errors import UserError
 from .common import compute_diagnostics, model_stop, oracle_stop, rollouts_to_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kalm_bench.api import Environment
+    from kalm_bench.api import Environment, Policy
     from kalm_bench.datasets import TrajectoryDataset
 
     from .common import Engine
@@ -73,6 +73,19 @@ class _KalmBackend(LLMBackend):
                                    n_goals=self.config.diagnostics_goals, max_steps=self._horizon(env),
                                    batch_size=self.config.generation_batch_size,
                                    threshold=self.config.done_threshold)
+
+    def policy(self, model_dir: Path, env: Environment) -> Policy:
+        from .common import read_meta
+        from .policy import make_policy
+
+        meta = read_meta(Path(model_dir), self.name)
+        if meta.get("action_kind") != env.action_kind:
+            raise UserError(f"the grounded model has {meta.get('action_kind')} actions, environment {env.name!r} "
+                            f"has {env.action_kind} ones", file=Path(model_dir) / "kalm_model.json",
+                            field="action_kind")
+        info = {"backend": self.name, "model_dir": str(model_dir), "state_dim": int(meta["state_dim"]),
+                "action_kind": meta["action_kind"], "action_size": int(meta["action_size"])}
+        return make_policy(self._engine(Path(model_dir)), info)
 
     @staticmethod
     def _seed(seed: int) -> None:

@@ -130,7 +130,7 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
                    write_files: bool = False, title: str | None = None) -> str:
     from .records import load_records
     from .report import (build_comparison_table, build_diagnostics_table, build_gain_table, build_table,
-                         build_timing_table)
+                         build_timing_table, provenance_lines)
 
     records = load_records(results)
     cfg: dict[str, Any] = {}
@@ -156,10 +156,12 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
     if diag is not None:
         parts.append(reporter.render(diag, title="LLM diagnostics (%)"))
     timings_file = results / "timings.json" if results.is_dir() else None
+    timings = None
     if timings_file is not None and timings_file.is_file():
         try:
-            timing = build_timing_table(json.loads(timings_file.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            timings = json.loads(timings_file.read_text())
+            timing = build_timing_table(timings)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(f"corrupt timings file ({exc})", file=timings_file) from None
         if timing is not None:
             parts.append(reporter.render(timing, title="Wall time per stage (built stages; cache hits cost ~0)"))
@@ -168,6 +170,9 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
               f"over the last {ok[0].get('last_k', '?') if ok else '?'} checkpoints.")
     if fmt == "md":
         parts.append(footer + "\n")
+        prov = provenance_lines(records, timings)
+        if prov:
+            parts.append("Provenance:\n\n" + "\n".join(prov) + "\n")
     text = "\n".join(parts)
     if write_files and results.is_dir():
         from .cache import atomic_write_text

@@ -7,6 +7,8 @@ success_mean_pct, std_pct``) adds a "paper" column beside each level.
 
 from __future__ import annotations
 
+import json
+
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -191,4 +193,33 @@ def build_timing_table(timings: dict[str, Any]) -> pd.DataFrame | None:
         rows.append({"stage": "suite (wall clock)", "n": f"{len(invocations)} invocation(s)",
                      "total (min)": f"{total / 60:.1f}", "mean (s)": "–", "max (s)": "–"})
     return pd.DataFrame(rows).set_index("stage")
+
+
+def provenance_lines(records: list[dict[str, Any]], timings: dict[str, Any] | None) -> list[str]:
+    """Where the numbers come from: commits, library versions, machines, dates and wall time."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        return []
+
+    def distinct(values: Any) -> str:
+        vals = sorted({str(v) for v in values if v is not None})
+        return ", ".join(vals) if vals else "unknown"
+
+    lines = [f"- code: kalm-bench {distinct(r.get('harness_version') for r in ok)}, "
+             f"git {distinct(r.get('git_sha') for r in ok)}"]
+    libs = sorted({k for r in ok for k in (r.get("versions") or {})})
+    lines.append("- versions: " + "; ".join(f"{k} {distinct((r.get('versions') or {}).get(k) for r in ok)}"
+                                          for k in libs))
+    machines = {json.dumps(r.get("machine"), sort_keys=True) for r in ok}
+    lines.append("- machine: " + " | ".join(
+        f"{m.get('platform', '?')}, {m.get('processor', '?')}, {m.get('cpus', '?')} CPUs"
+        for m in (json.loads(x) or {} for x in sorted(machines))))
+    lines.append(f"- runs finished: {min(r.get('finished_at', '') for r in ok)} to "
+                 f"{max(r.get('finished_at', '') for r in ok)}")
+    inv = (timings or {}).get("invocations", [])
+    if inv:
+        total = sum(float(i.get("wall_s", 0.0)) for i in inv)
+        jobs = distinct(i.get("jobs") for i in inv)
+        lines.append(f"- suite wall time: {total / 60:.1f} min over {len(inv)} invocation(s) (--jobs {jobs})")
+    return lines
 

@@ -180,6 +180,8 @@ def test_timings_and_comparison_tables_in_the_report(core_env, suite_file):
     assert "rephrase" in lines[0] and "seen" not in lines[0] and "far" not in lines[0]
     assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["tabular-bc +KALM", "tabular-bc"]
     assert "Wall time per stage" in out and "2 invocation(s)" in out
+    prov = out.split("Provenance:")[1]
+    assert "git " in prov and "torch" in prov and "CPUs" in prov and "suite wall time" in prov
     # A damaged timings file is one clear error naming it.
     (core_env / "a" / "timings.json").write_text('{"stages": [{"kind": "train", "wall_s": "x"}]}')
     bad = run_cli("report", str(core_env / "a"))

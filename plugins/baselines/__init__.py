@@ -15,7 +15,8 @@ from kalm_bench import hookimpl
 @hookimpl
 def register_algorithms(register: Callable[[type], None]) -> None:
     from .dt import ALGORITHMS
+    from .llm_dt import ALGORITHMS as LLM_DT_ALGORITHMS
     from .llm_policy import ALGORITHMS as LLM_ALGORITHMS
 
-    for cls in ALGORITHMS + LLM_ALGORITHMS:
+    for cls in ALGORITHMS + LLM_ALGORITHMS + LLM_DT_ALGORITHMS:
         register(cls)

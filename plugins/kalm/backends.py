@@ -87,6 +87,11 @@ class _KalmBackend(LLMBackend):
                 "action_kind": meta["action_kind"], "action_size": int(meta["action_size"])}
         return make_policy(self._engine(Path(model_dir)), info)
 
+    def backbone(self, model_dir: Path, device: str) -> Any:
+        from .backbone import build_backbone
+
+        return build_backbone(self, Path(model_dir), device)
+
     @staticmethod
     def _seed(seed: int) -> None:
         import torch

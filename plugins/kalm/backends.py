@@ -123,7 +123,8 @@ class EmbeddedBackend(_KalmBackend):
         layers: int = Field(3, ge=1)
         heads: int = Field(4, ge=1)
         dropout: float = Field(0.0, ge=0, lt=1)
-        epochs: int = Field(16, ge=1)
+        epochs: int = Field(24, ge=1, description="passes over the grounding examples (24 measured: goal "
+                                                  "match 41/47/35 % seen/rephrase/easy vs 34/31/28 at 16)")
         batch_size: int = Field(64, ge=1)
         lr: float = Field(1e-3, gt=0)
         weight_decay: float = Field(0.01, ge=0)
@@ -142,7 +143,7 @@ class EmbeddedBackend(_KalmBackend):
 
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         embedded.ground(self.config, ctx.dataset, ctx.tasks, ctx.seed, ctx.workdir,
-                        int(getattr(ctx.env, "horizon", 50)), ctx.progress)
+                        int(getattr(ctx.env, "horizon", 50)), ctx.progress, env=ctx.env)
 
     def _engine(self, model_dir: Path) -> Engine:
         from . import embedded

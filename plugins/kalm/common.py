@@ -183,14 +183,17 @@ def rollouts_to_dataset(env: Environment, level: str, cases: Sequence[dict[str, 
     from kalm_bench.datasets import Episode, TrajectoryDataset
 
     episodes = []
-    oracle_success, model_success, agree = [], [], []
+    oracle_success, model_success, oracle_on_model = [], [], []
+    can_label = labels == "oracle" or _can_label(env)
     for case, r in zip(cases, rollouts):
         m_rew, m_end, m_succ = model_labels(r, threshold)
         o: RolloutLabels | None = None
-        if labels == "oracle" or _can_label(env):
+        if can_label:
             o = env.label_rollout(level, case, r.states, r.actions)
             oracle_success.append(bool(o.success))
-            agree.append(bool(o.success) == m_succ)
+            # Agreement is judged on the rollout the model itself would keep (cut where its head fires).
+            oracle_on_model.append(bool(env.label_rollout(level, case, r.states[:m_end + 1],
+                                                          r.actions[:m_end]).success))
         model_success.append(m_succ)
         if labels == "oracle":
             assert o is not None
@@ -202,10 +205,83 @@ def rollouts_to_dataset(env: Environment, level: str, cases: Sequence[dict[str, 
                                 success=success))
     attrs: dict[str, Any] = {"labels": labels, "model_success_rate": _mean(model_success)}
     if oracle_success:
-        attrs.update(oracle_success_rate=_mean(oracle_success), label_agreement=_mean(agree))
+        stats = agreement_stats(oracle_on_model, model_success)
+        attrs.update(oracle_success_rate=_mean(oracle_success),
+                     **{f"label_{k}": v for k, v in stats.items()})
     return TrajectoryDataset.from_episodes(
         episodes, env=env.name, action_kind=env.action_kind, action_size=_action_size(env), seed=seed,
         source=source, attrs=attrs, state_dim=state_dim)
+
+
+def success_checker(env: Environment | None, dataset: TrajectoryDataset
+                    ) -> Callable[[str, np.ndarray, np.ndarray], tuple[int, bool]] | None:
+    """``check(goal_json, states, actions) -> (end, success)`` for goals of the grounding data, from the env's
+    own ``label_rollout`` at the data's level; None when no env can label. Without an env the dataset's
+    env is built from the registry by name (default configuration: success checks of the data level do
+    not depend on presets in the bundled envs)."""
+    import json
+
+    if env is None:
+        try:
+            from kalm_bench.plugins import build_registry
+
+            env = build_registry().get("envs", str(dataset.env))()
+        except Exception:  # noqa: BLE001 - an env that is not registered cannot label; fall back
+            return None
+    if not _can_label(env):
+        return None
+    level = str(dataset.levels[0]) if dataset.n_episodes else str(getattr(env, "data_level", "seen"))
+
+    def check(goal_json: str, states: np.ndarray, actions: np.ndarray) -> tuple[int, bool]:
+        goal = json.loads(goal_json)
+        # Both bundled case layouts: CLEVR reads case["goal"], Meta-World the goal's own keys ("task").
+        case = {**goal, "goal": goal} if isinstance(goal, dict) else {"goal": goal}
+        lab = env.label_rollout(level, case, states, actions)
+        return int(lab.end), bool(lab.success)
+
+    try:
+        if dataset.n_episodes and int(dataset.lengths[0]) > 0:
+            ep = dataset.episode(0)
+            check(str(dataset.goals[0]), ep.states, ep.actions)
+    except Exception:  # noqa: BLE001 - an env whose cases need more than the goal cannot relabel
+        return None
+    return check
+
+
+def agreement_stats(oracle: Sequence[bool], model: Sequence[bool]) -> dict[str, float]:
+    """How well the model's success flags match the env's: ``agreement`` (accuracy), ``precision`` (share of
+    model successes the env confirms), ``recall`` (share of env successes the model flags) and
+    ``balanced`` (mean of the true-positive and true-negative rates; unlike accuracy it does not reward a
+    judge that always says "fail" on a level where almost nothing succeeds). NaN where undefined."""
+    o, m = np.asarray(oracle, bool), np.asarray(model, bool)
+    if len(o) != len(m):
+        raise ValueError(f"{len(o)} oracle flags for {len(m)} model flags")
+    if not len(o):
+        return {"agreement": float("nan"), "precision": float("nan"), "recall": float("nan"),
+                "balanced": float("nan")}
+    tp, pos, neg = int((o & m).sum()), int(o.sum()), int((~o).sum())
+    tpr = tp / pos if pos else float("nan")
+    tnr = int((~o & ~m).sum()) / neg if neg else float("nan")
+    return {"agreement": float((o == m).mean()),
+            "precision": tp / int(m.sum()) if m.any() else float("nan"),
+            "recall": tpr,
+            "balanced": float(np.nanmean([tpr, tnr])) if pos or neg else float("nan")}
+
+
+def judged_stop(env: Environment, level: str, cases: Sequence[dict[str, Any]], threshold: float
+                ) -> Callable[[int, np.ndarray, np.ndarray, np.ndarray], bool]:
+    """Stop once both judges have had their say: the env's episode is over (success or its own end) and the
+    success head has fired or can no longer matter. Generation is greedy, so a rollout stopped later holds
+    exactly the rollouts either stop rule alone would have produced, as prefixes."""
+    env_stop = oracle_stop(env, level, cases)
+    ended: dict[int, bool] = {}
+
+    def stop(i: int, states: np.ndarray, actions: np.ndarray, done_prob: np.ndarray) -> bool:
+        if not ended.get(i):
+            ended[i] = env_stop(i, states, actions, done_prob)
+        return ended[i] and bool((done_prob[1:] >= threshold).any())
+
+    return stop
 
 
 def _can_label(env: Environment) -> bool:
@@ -351,22 +427,33 @@ def compute_diagnostics(engine: Engine, env: Environment, dataset: TrajectoryDat
             continue
         insts = [str(c["instruction"]) for c in cases]
         s0 = np.stack([np.asarray(c["initial_state"], np.float32) for c in cases])
-        stop = oracle_stop(env, level, cases) if can_label else model_stop(threshold)
+        stop = judged_stop(env, level, cases, threshold) if can_label else model_stop(threshold)
         rolls = engine.generate(insts, s0, max_steps, stop, batch_size)
-        o_out, o_jump, o_any = unrealistic_rates(rolls, lo, hi, limit)
-        out[f"out_of_workbench_rate_{level}"] = o_out
-        out[f"dynamics_violation_rate_{level}"] = o_jump
-        out[f"unrealistic_rate_{level}"] = o_any
-        m_succ = [model_labels(r, threshold)[2] for r in rolls]
-        out[f"model_success_{level}"] = _mean(m_succ)
+        m_labels = [model_labels(r, threshold) for r in rolls]
+        out[f"model_success_{level}"] = _mean([m[2] for m in m_labels])
         if can_label:
             labs = [env.label_rollout(level, c, r.states, r.actions) for c, r in zip(cases, rolls)]
             succ = [bool(lab.success) for lab in labs]
             out[f"goal_match_{level}"] = _mean(succ)
-            out[f"label_agreement_{level}"] = _mean([a == b for a, b in zip(succ, m_succ)])
+            # The rollouts KALM's oracle stop would have produced (the realism figures are about those).
+            shown = [_cut(r, int(lab.end)) for r, lab in zip(rolls, labs)]
+            on_model = [bool(env.label_rollout(level, c, r.states[:m[1] + 1], r.actions[:m[1]]).success)
+                        for c, r, m in zip(cases, rolls, m_labels)]
+            for k, v in agreement_stats(on_model, [m[2] for m in m_labels]).items():
+                out[f"label_{k}_{level}"] = v
             if "easy" in level:
                 out.update(_single_step_match(env, level, cases, rolls))
+        else:
+            shown = list(rolls)
+        o_out, o_jump, o_any = unrealistic_rates(shown, lo, hi, limit)
+        out[f"out_of_workbench_rate_{level}"] = o_out
+        out[f"dynamics_violation_rate_{level}"] = o_jump
+        out[f"unrealistic_rate_{level}"] = o_any
     return out
+
+
+def _cut(r: Rollout, end: int) -> Rollout:
+    return Rollout(r.states[:end + 1], r.actions[:end], r.done_prob[:end + 1], r.reward_pred[:end])
 
 
 def _single_step_match(env: Environment, level: str, cases: Sequence[dict[str, Any]],

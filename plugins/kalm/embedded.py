@@ -28,9 +28,16 @@ from torch import nn
 from .common import Normalizers, Rollout, numeric_losses
 from .encoder import DIM as TEXT_DIM
 from .encoder import SentenceEncoder
-from .tasks import explanation_segments, generation_prefix
+from .tasks import explanation_segments, generation_prefix, success_judge_examples
 
 TEXT, STATE, ACTION = 0, 1, 2
+LOSS_WEIGHTS = {"state": 1.0, "action": 1.0, "explain": 1.0, "done": 0.5, "reward": 0.2}
+# Success-head negatives for the decoder's own head (tasks.success_judge_examples) when there is no judge.
+JUDGE_EXAMPLES = False
+# The success judge trains for JUDGE_PASSES passes over its relabelled transitions, at most JUDGE_STEPS
+# optimizer steps (0: no judge; model labels then come from the decoder's own success head).
+JUDGE_PASSES = 20
+JUDGE_STEPS = 2500
 
 
 class Block(nn.Module):
@@ -62,7 +69,7 @@ class Block(nn.Module):
 
 class SlotDecoder(nn.Module):
     def __init__(self, state_dim: int, action_kind: str, action_size: int, d_model: int, layers: int,
-                 heads: int, max_positions: int, dropout: float = 0.0):
+                 heads: int, max_positions: int, dropout: float = 0.0, judge: bool = False):
         super().__init__()
         self.state_dim, self.action_kind, self.action_size = state_dim, action_kind, action_size
         self.max_positions = max_positions
@@ -80,6 +87,7 @@ class SlotDecoder(nn.Module):
         self.done_out = nn.Linear(d_model, 1)
         self.reward_out = nn.Linear(d_model, 1)
         self.apply(self._init)
+        self.judge: Judge | None = Judge(state_dim, action_kind, action_size) if judge else None
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -104,6 +112,35 @@ class SlotDecoder(nn.Module):
             x, kv = blk(x, cache[i] if cache is not None else None)
             new_cache.append(kv)
         return self.ln_f(x), new_cache
+
+
+class Judge(nn.Module):
+    """The model's success judgement: instruction embedding, s, a, s' → logit of "the goal holds after s'".
+
+    It reads only the instruction and the transition, never the generated history, so it cannot learn
+    "the rollout has gone on as long as the expert's" or echo the generator's own intent (a success head
+    on the decoder's hidden state did both and accepted 80–100 % of imagined rollouts).
+    """
+
+    def __init__(self, state_dim: int, action_kind: str, action_size: int, hidden: int = 256,
+                 features: int = 128):
+        super().__init__()
+        self.action_kind, self.action_size = action_kind, action_size
+        # Bilinear: the transition gives ``features`` goal-agnostic predicates, the instruction picks how
+        # to weigh them. Every goal's data then trains the same predicates (a plain MLP over the
+        # concatenation has to learn each goal's geometry separately and was far less data-efficient).
+        self.transition = nn.Sequential(nn.Linear(3 * state_dim + action_size, hidden), nn.GELU(),
+                                        nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, features))
+        self.instruction = nn.Sequential(nn.Linear(TEXT_DIM, hidden), nn.GELU(), nn.Linear(hidden, features + 1))
+
+    def forward(self, text: torch.Tensor, prev: torch.Tensor, act: torch.Tensor, nxt: torch.Tensor
+                ) -> torch.Tensor:
+        """text (B,384) · prev, nxt (B,S) normalised · act (B,) ints or (B,A) normalised → logits (B,)."""
+        a = F.one_hot(act.long().clamp_min(0), self.action_size).float() if self.action_kind == "discrete" \
+            else act
+        f = self.transition(torch.cat([prev, nxt, nxt - prev, a], -1))
+        g = self.instruction(text)
+        return (f * g[:, :-1]).sum(-1) + g[:, -1]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -314,7 +351,14 @@ class EmbeddedEngine:
         h = h[:, -1]
         states = [[s0[k].astype(np.float32)] for k in range(b)]
         actions: list[list[Any]] = [[] for _ in range(b)]
-        done_p = [[float(torch.sigmoid(self.model.done_out(h[k]))[0])] for k in range(b)]
+        judge = self.model.judge
+        if judge is not None:
+            # The judge scores transitions; the initial state has none (model labels never read it).
+            inst_emb = torch.as_tensor(self.encoder.encode([p[1]["text"] for p in prefix])).to(self.device)
+            done_p = [[0.0] for _ in range(b)]
+        else:
+            done_p = [[float(torch.sigmoid(self.model.done_out(h[k]))[0])] for k in range(b)]
+        s_prev = s
         rewards: list[list[float]] = [[] for _ in range(b)]
         active = list(range(b))  # rows of the (compacted) batch → rollout index
         pos = n_text + 1
@@ -340,7 +384,11 @@ class EmbeddedEngine:
             a_np = a.cpu().numpy()
             if self.model.action_kind == "continuous" and self.norms.action is not None:
                 a_np = self.norms.action.decode(a_np)
-            dp = torch.sigmoid(self.model.done_out(hs)[:, 0]).cpu().numpy()
+            if judge is not None:
+                dp = torch.sigmoid(judge(inst_emb, s_prev, a, s_norm)).cpu().numpy()
+            else:
+                dp = torch.sigmoid(self.model.done_out(hs)[:, 0]).cpu().numpy()
+            s_prev = s_norm
             rw = self.norms.reward.decode(self.model.reward_out(hs).cpu().numpy())[:, 0]
             keep = []
             for row, k in enumerate(active):
@@ -361,6 +409,9 @@ class EmbeddedEngine:
                 else:
                     x = x.index_select(0, idx)
                 hs = hs.index_select(0, idx)
+                s_prev = s_prev.index_select(0, idx)
+                if judge is not None:
+                    inst_emb = inst_emb.index_select(0, idx)
                 active = [active[r] for r in keep]
             h = hs
         act_dtype = np.int64 if self.model.action_kind == "discrete" else np.float32
@@ -405,9 +456,65 @@ class EmbeddedEngine:
 # Ground / load
 
 
+def train_judge(model: SlotDecoder, dataset: Any, check: Callable, norms: Normalizers, encoder: SentenceEncoder,
+                rng: np.random.Generator, device: str, batch_size: int = 512) -> dict[str, Any]:
+    """Fit ``model.judge`` on relabelled real transitions (``tasks.judge_transitions``); 10 % held out."""
+    from .tasks import judge_transitions
+
+    t0 = time.perf_counter()
+    data = judge_transitions(dataset, check, rng)
+    n = len(data["label"])
+    if n == 0:
+        return {"examples": 0}
+    texts = sorted(set(data["instruction"].tolist()))
+    text_ids = torch.as_tensor(np.searchsorted(np.asarray(texts), data["instruction"]))
+    table = torch.as_tensor(encoder.encode(texts)).to(device)
+    prev = torch.as_tensor(norms.state.encode(data["prev"])).to(device)
+    nxt = torch.as_tensor(norms.state.encode(data["next"])).to(device)
+    act = data["action"]
+    if dataset.action_kind == "continuous" and norms.action is not None:
+        act = norms.action.encode(act)
+    act = torch.as_tensor(act).to(device)
+    label = torch.as_tensor(data["label"], dtype=torch.float32, device=device)
+    order = torch.as_tensor(rng.permutation(n), device=device)
+    n_val = n // 10
+    val, train = order[:n_val], order[n_val:]
+    judge = model.judge
+    assert judge is not None
+    opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = max(1, min(JUDGE_STEPS, math.ceil(len(train) * JUDGE_PASSES / batch_size)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    judge.train()
+    for _ in range(steps):
+        idx = train[torch.randint(len(train), (min(batch_size, len(train)),), generator=gen)]
+        logits = judge(table[text_ids[idx]], prev[idx], act[idx], nxt[idx])
+        loss = F.binary_cross_entropy_with_logits(logits, label[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    judge.eval()
+    with torch.no_grad():
+        pred = torch.sigmoid(judge(table[text_ids[val]], prev[val], act[val], nxt[val])) >= 0.5
+        truth = label[val] > 0.5
+    from .common import agreement_stats
+
+    stats = agreement_stats(truth.cpu().numpy(), pred.cpu().numpy())
+    return {"examples": n, "positives": float(label.mean()), "steps": steps,
+            "seconds": time.perf_counter() - t0, **{f"heldout_{k}": v for k, v in stats.items()}}
+
+
 def ground(cfg: Any, dataset: Any, tasks: list[Any], seed: int, workdir: Path, horizon: int,
-           progress: Callable[[int, int], None]) -> dict[str, Any]:
-    from .common import write_json
+           progress: Callable[[int, int], None], env: Any = None) -> dict[str, Any]:
+    """Train a :class:`SlotDecoder` on ``tasks``' examples and save it into ``workdir``.
+
+    ``env`` (the grounding context's environment) labels the success judge's training transitions
+    (``tasks.judge_transitions``); without it the environment is looked up by the dataset's ``env`` name
+    (default configuration). When no env can label, there is no judge and model labels come from the
+    decoder's own success head, trained on the expert data's success flags only.
+    """
+    from .common import success_checker, write_json
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -428,12 +535,24 @@ def ground(cfg: Any, dataset: Any, tasks: list[Any], seed: int, workdir: Path, h
             cand_texts.append(key[0])
             cand_goals.append(key[1])
     goal_ids = {g: i for i, g in enumerate(sorted(set(cand_goals)))}
+    # The success head is read on the generation prompt, so it gets its negatives only next to that task.
+    check = success_checker(env, dataset) if any(t.name == "generation" for t in tasks) else None
+    use_judge = check is not None and JUDGE_STEPS > 0
+    if not use_judge and not JUDGE_EXAMPLES:
+        check = None
     max_len = int(dataset.lengths.max()) if dataset.n_episodes else 1
     max_positions = 2 * max(max_len, horizon) + 16
     model = SlotDecoder(dataset.state_dim, dataset.action_kind, int(dataset.action_size), cfg.d_model,
-                        cfg.layers, cfg.heads, max_positions, cfg.dropout).to(cfg.device)
-    # One epoch of examples per task (re-drawn every epoch: dynamics steps are random per epoch).
-    epoch_examples = [[ex for t in tasks for ex in t.examples(dataset, rng)] for _ in range(1)]
+                        cfg.layers, cfg.heads, max_positions, cfg.dropout,
+                        judge=use_judge).to(cfg.device)
+
+    def epoch() -> list[dict[str, Any]]:
+        # Re-drawn every epoch: dynamics steps, other goals and noise are random per epoch.
+        exs = [ex for t in tasks for ex in t.examples(dataset, rng)]
+        return exs + (success_judge_examples(dataset, check, rng)
+                      if check is not None and JUDGE_EXAMPLES and not use_judge else [])
+
+    epoch_examples = [epoch()]
     texts = sorted({s["text"] for ex in epoch_examples[0] for s in ex["segments"] if s["kind"] == "text"})
     texts = sorted(set(texts) | set(cand_texts))
     text_index = {t: i for i, t in enumerate(texts)}
@@ -449,12 +568,12 @@ def ground(cfg: Any, dataset: Any, tasks: list[Any], seed: int, workdir: Path, h
     warm = min(200, total // 10 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
-    weights = {"state": 1.0, "action": 1.0, "explain": 1.0, "done": 0.5, "reward": 0.2}
+    weights = dict(LOSS_WEIGHTS)
     history = []
     step = 0
     model.train()
-    for epoch in range(cfg.epochs):
-        exs = epoch_examples[0] if epoch == 0 else [ex for t in tasks for ex in t.examples(dataset, rng)]
+    for ep in range(cfg.epochs):
+        exs = epoch_examples[0] if ep == 0 else epoch()
         items = [packer.pack(ex) for ex in exs]
         items = [it for it in items if it["kind"]]
         sums: dict[str, float] = {}
@@ -471,6 +590,8 @@ def ground(cfg: Any, dataset: Any, tasks: list[Any], seed: int, workdir: Path, h
                 sums[k] = sums.get(k, 0.0) + v
             progress(step, total)
         history.append({k: v / steps_per_epoch for k, v in sums.items()})
+    judge_stats = train_judge(model, dataset, check, norms, encoder, rng, cfg.device) \
+        if model.judge is not None else {}
     model.eval()
     torch.save(model.state_dict(), workdir / "model.pt")
     np.save(workdir / "candidates.npy", cands.cpu().numpy())
@@ -481,6 +602,8 @@ def ground(cfg: Any, dataset: Any, tasks: list[Any], seed: int, workdir: Path, h
         "tasks": [t.name for t in tasks], "candidates": {"texts": cand_texts, "goals": cand_goals},
         "history": history, "steps": step, "seconds": time.perf_counter() - t0, "encode_seconds": t_enc,
         "config": cfg.model_dump(mode="json"), "n_examples_per_epoch": n_ex,
+        "loss_weights": weights, "judge": judge_stats,
+        "success_judge_examples": sum(ex["task"] == "success-judge" for ex in epoch_examples[0]),
     }
     write_json(workdir / "kalm_model.json", meta)
     return meta
@@ -494,7 +617,7 @@ def load_engine(model_dir: Path, device: str = "cpu") -> EmbeddedEngine:
     meta = read_meta(model_dir, "embedded")
     c = meta["config"]
     model = SlotDecoder(meta["state_dim"], meta["action_kind"], meta["action_size"], c["d_model"],
-                        c["layers"], c["heads"], meta["max_positions"], 0.0)
+                        c["layers"], c["heads"], meta["max_positions"], 0.0, judge=bool(meta.get("judge")))
     wpath = Path(model_dir) / "model.pt"
     if not wpath.is_file():
         raise UserError("grounded model weights are missing", file=wpath)

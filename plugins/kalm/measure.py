@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=2 python -m kalm_bench_plugins.kalm.measure --episodes 4000 --goals 1000 \\
         --config '{"threads": 2}' --out runs/kalm-measure
 
-Prints and writes ``results.json``: minutes per stage, goal-match and label figures per level, the
+Prints and writes ``results.json``: minutes per stage, goal-match and label figures per level (the
+model's success flags against the env's: agreement, precision, recall, balanced accuracy), the
 diagnostics, and a CPU calibration figure (256×256 matmul+tanh iterations per second) to read timings by.
 """
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--config", default="{}", help="backend config as JSON")
     p.add_argument("--tasks", default="dynamics,explanation,generation,consequence")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels", default="oracle", choices=("oracle", "model"),
+                   help="labels of the imagined rollouts (model: the success judge ends them)")
     p.add_argument("--diagnostics", type=int, default=1)
     p.add_argument("--out", default="kalm-measure")
     a = p.parse_args(argv)
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for level in novel_levels(env):
         goals = env.sample_goals(level, a.goals, a.seed + 1)
         t = time.perf_counter()
-        im = backend.imagine(ImagineContext(wd, env, level, goals, a.seed, "oracle"))
+        im = backend.imagine(ImagineContext(wd, env, level, goals, a.seed, a.labels))
         dt = (time.perf_counter() - t) / 60
         res[f"imagine_{level}"] = {"min": dt, "n": im.n_episodes, "min_per_1000": dt / max(1, im.n_episodes) * 1000,
                                    "mean_len": float(im.lengths.mean()) if im.n_episodes else 0.0, **im.attrs}

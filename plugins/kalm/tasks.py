@@ -25,6 +25,7 @@ Only numpy is imported here, so registering the tasks stays cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -94,7 +95,8 @@ def rollout_segments(states: np.ndarray, actions: np.ndarray, rewards: np.ndarra
 class _Task(GroundingTask):
     """Common part: one example per non-empty episode per epoch (KALM's epoch structure)."""
 
-    version = "1"
+    # 2: the embedded backend trains its success head with relabelled negatives next to these examples.
+    version = "2"
 
     class Config(StrictConfig):
         pass
@@ -194,6 +196,116 @@ def generation_prefix(instruction: str) -> list[dict[str, Any]]:
     """The prompt that rollout generation continues from (the initial state is added by the caller)."""
     return [text(GENERATION_PREFIX), text(strip_instruction(instruction), role="instruction"),
             text(GENERATION_MID)]
+
+
+def success_judge_examples(dataset: TrajectoryDataset, check: Callable[[str, np.ndarray, np.ndarray],
+                                                                      tuple[int, bool]],
+                           rng: np.random.Generator, *, noise: float = 0.3) -> list[dict[str, Any]]:
+    """Examples that teach the success head "does this state satisfy *this* instruction", with negatives.
+
+    Expert data alone has one positive per episode, always on the state where the rollout ends, so a head
+    can learn "the expert stopped here" instead of "the goal holds here". One example per episode: with
+    probability 1/2 the real rollout is paired with the instruction of a *different* goal; otherwise its
+    states (after s_0) get Gaussian noise of up to ``noise`` standard deviations per dimension, the size of
+    the model's own generation errors, which turns many final states into near misses. Either way the
+    rollout is relabelled by ``check(goal_json, states, actions) -> (end, success)`` (the env's own check:
+    it stops at the first success), so a rollout that happens to satisfy the other goal, or still
+    satisfies its own after the noise, is a positive. Only success targets: these rollouts are not expert
+    demonstrations of their instruction, so there is no state/action/reward loss.
+    """
+    by_goal: dict[str, list[str]] = {}
+    for inst, goal in zip(dataset.instructions, dataset.goals):
+        lst = by_goal.setdefault(str(goal), [])
+        if str(inst) not in lst:
+            lst.append(str(inst))
+    goal_keys = sorted(by_goal)
+    if not len(goal_keys) or not dataset.n_transitions:
+        return []
+    scale = np.concatenate([dataset.states, dataset.next_states]).std(0).astype(np.float32)
+    starts = dataset.episode_starts
+    out = []
+    for i in range(dataset.n_episodes):
+        n = int(dataset.lengths[i])
+        if n == 0:
+            continue
+        s0 = int(starts[i])
+        states = np.concatenate([dataset.states[s0:s0 + n], dataset.next_states[s0 + n - 1:s0 + n]])
+        actions = dataset.actions[s0:s0 + n]
+        goal, inst = str(dataset.goals[i]), str(dataset.instructions[i])
+        kind = "other-goal" if len(goal_keys) > 1 and rng.random() < 0.5 else "noisy"
+        if kind == "other-goal":
+            others = [g for g in goal_keys if g != goal]
+            goal = others[int(rng.integers(len(others)))]
+            inst = by_goal[goal][int(rng.integers(len(by_goal[goal])))]
+        else:
+            states = states.copy()
+            sigma = rng.uniform(0.0, noise)
+            states[1:] += (rng.normal(0.0, 1.0, states[1:].shape) * sigma * scale).astype(np.float32)
+        end, success = check(goal, states, actions)
+        end = int(min(max(end, 0), n))
+        if end == 0:
+            continue  # nothing after s_0 to judge
+        segs = generation_prefix(inst)
+        segs += rollout_segments(states[:end + 1], actions[:end], None, bool(success), loss=False,
+                                 action_kind=dataset.action_kind)
+        out.append({"task": "success-judge", "episode": i, "goal": goal, "judge": kind, "segments": segs})
+    return out
+
+
+def judge_transitions(dataset: TrajectoryDataset, check: Callable[[str, np.ndarray, np.ndarray],
+                                                                  tuple[int, bool]],
+                      rng: np.random.Generator, *, other_goals: int = 4, noisy_copies: int = 2,
+                      noise: float = 0.3, max_transitions: int = 12_000) -> dict[str, Any]:
+    """Relabelled transitions for a success judge: "after s --a--> s', does *this* instruction hold?".
+
+    Every real transition is paired with its own goal (positive on the transition where the expert
+    reached it, negative before), with ``other_goals`` instructions of other goals (labelled by the env's
+    check: mostly negatives, the occasional accidental success a positive), and ``noisy_copies`` of it with
+    its own goal and s' moved by Gaussian noise of up to ``noise`` standard deviations (near misses on both
+    sides of the goal's boundary, the kind of error generated states have). Datasets with more than
+    ``max_transitions`` transitions (long Meta-World episodes) use a random subset of that size, which
+    bounds the env checks and memory. Returns arrays ``prev`` (N, S),
+    ``action`` (N,) or (N, A), ``next`` (N, S), ``label`` (N,) bool and ``instruction`` (N,) str.
+    """
+    by_goal: dict[str, list[str]] = {}
+    for inst, goal in zip(dataset.instructions, dataset.goals):
+        lst = by_goal.setdefault(str(goal), [])
+        if strip_instruction(str(inst)) not in lst:
+            lst.append(strip_instruction(str(inst)))
+    goal_keys = sorted(by_goal)
+    prev, act, nxt, lab, inst_out = [], [], [], [], []
+    if not dataset.n_transitions:
+        return {"prev": np.zeros((0, dataset.state_dim), np.float32), "action": dataset.actions[:0],
+                "next": np.zeros((0, dataset.state_dim), np.float32), "label": np.zeros(0, bool),
+                "instruction": np.array([], dtype=str)}
+    scale = np.concatenate([dataset.states, dataset.next_states]).std(0).astype(np.float32)
+    starts = dataset.episode_starts
+    use = np.ones(dataset.n_transitions, bool)
+    if dataset.n_transitions > max_transitions:
+        use[:] = False
+        use[rng.choice(dataset.n_transitions, size=max_transitions, replace=False)] = True
+    for i in range(dataset.n_episodes):
+        own = str(dataset.goals[i])
+        others = [g for g in goal_keys if g != own]
+        for t in range(int(starts[i]), int(starts[i]) + int(dataset.lengths[i])):
+            if not use[t]:
+                continue
+            s, a, s2 = dataset.states[t], dataset.actions[t], dataset.next_states[t]
+            pairs = [(own, s2)]
+            pairs += [(others[int(k)], s2) for k in rng.integers(len(others), size=other_goals)] if others else []
+            for _ in range(noisy_copies):
+                sigma = rng.uniform(0.0, noise)
+                pairs.append((own, (s2 + rng.normal(0.0, 1.0, s2.shape) * sigma * scale).astype(np.float32)))
+            for goal, s_next in pairs:
+                end, ok = check(goal, np.stack([s, s_next]), np.asarray(a)[None])
+                phr = by_goal[goal]
+                prev.append(s)
+                act.append(a)
+                nxt.append(s_next)
+                lab.append(bool(ok) and end == 1)
+                inst_out.append(phr[int(rng.integers(len(phr)))])
+    return {"prev": np.asarray(prev, np.float32), "action": np.asarray(act), "next": np.asarray(nxt, np.float32),
+            "label": np.asarray(lab, bool), "instruction": np.asarray(inst_out, dtype=str)}
 
 
 TASKS: tuple[type[_Task], ...] = (DynamicsPrediction, RolloutExplanation, RolloutGeneration,

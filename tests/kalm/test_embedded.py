@@ -55,7 +55,8 @@ def test_imagine_oracle_and_model_labels(grounded, ref_env):
         assert ds.n_episodes == 10 and ds.env == "ref-clevr" and ds.action_kind == "discrete"
         assert set(ds.levels) == {"rephrase"} and list(ds.instructions) == [g["instruction"] for g in goals]
         assert ds.lengths.max() <= 12 and ds.attrs["labels"] == labels
-        assert {"oracle_success_rate", "model_success_rate", "label_agreement"} <= set(ds.attrs)
+        assert {"oracle_success_rate", "model_success_rate", "label_agreement", "label_precision",
+                "label_recall", "label_balanced"} <= set(ds.attrs)
         if labels == "oracle":  # success flags are the env's own verdict on the generated states
             for i, ep in enumerate(ds.episodes()):
                 assert ep.success == ref_env.label_rollout("rephrase", goals[i], ep.states, ep.actions).success
@@ -89,9 +90,38 @@ def test_diagnostics_report_the_paper_figures(grounded, ref_env, ref_dataset):
     d = be.diagnostics(wd, ref_env, ref_dataset, 0)
     for key in ("explain_acc_seen", "explain_acc_unseen", "goal_match_seen", "goal_match_rephrase",
                 "unrealistic_rate_rephrase", "out_of_workbench_rate_rephrase", "dynamics_violation_rate_rephrase",
-                "model_success_rephrase", "label_agreement_rephrase"):
+                "model_success_rephrase", "label_agreement_rephrase", "label_recall_rephrase",
+                "label_balanced_rephrase"):
         assert key in d and 0.0 <= d[key] <= 1.0, key
+    assert "label_precision_rephrase" in d  # NaN when the model never claims success
     assert all(isinstance(v, float) for v in d.values())
+
+
+def test_success_judge_is_trained_when_the_env_can_label(ref_dataset, ref_env, tmp_path, monkeypatch):
+    from kalm_bench_plugins.kalm import embedded
+
+    cfg = EmbeddedBackend(dict(TINY, epochs=1)).config
+    tasks = [t() for t in TASKS]
+    (tmp_path / "j").mkdir()
+    meta = embedded.ground(cfg, ref_dataset, tasks, 0, tmp_path / "j", 50, lambda d, t: None, env=ref_env)
+    j = meta["judge"]
+    assert j["examples"] == 7 * ref_dataset.n_transitions and 0 < j["positives"] < 0.5
+    assert 0 <= j["heldout_agreement"] <= 1
+    eng = embedded.load_engine(tmp_path / "j")
+    assert eng.model.judge is not None
+    goals = ref_env.sample_goals("rephrase", 5, 3)
+    insts, s0 = [g["instruction"] for g in goals], np.array([g["initial_state"] for g in goals], np.float32)
+    stop = lambda i, s, a, d: len(a) >= 2 + i  # noqa: E731
+    fast = eng.generate(insts, s0, 8, stop, batch_size=4, use_cache=True)
+    slow = eng.generate(insts, s0, 8, stop, batch_size=1, use_cache=False)
+    for f, s_ in zip(fast, slow):  # the judge's verdicts follow the rollouts through batch compaction
+        assert f.done_prob[0] == 0.0 and np.all((f.done_prob >= 0) & (f.done_prob <= 1))
+        np.testing.assert_allclose(f.done_prob, s_.done_prob, atol=1e-4)
+    # without a judge, model labels fall back to the decoder's own success head
+    monkeypatch.setattr(embedded, "JUDGE_STEPS", 0)
+    (tmp_path / "n").mkdir()
+    assert embedded.ground(cfg, ref_dataset, tasks, 0, tmp_path / "n", 50, lambda d, t: None)["judge"] == {}
+    assert embedded.load_engine(tmp_path / "n").model.judge is None
 
 
 def test_bad_inputs_give_one_clear_error(grounded, ref_env, tmp_path):

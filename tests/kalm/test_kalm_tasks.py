@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from kalm_bench.datasets import Episode, TrajectoryDataset
 from kalm_bench_plugins.kalm import tasks as T

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .compat import quiet_gym_banner
 from .errors import UserError
 
 
@@ -437,22 +438,8 @@ def _add_plugin_commands() -> None:
                 info.error = f"register_commands: {type(exc).__name__}: {exc}"
 
 
-def _quiet_gym_banner() -> None:
-    """d3rlpy imports the unmaintained ``gym``, which prints a deprecation banner to stderr on every import
-    (i.e. in the middle of every run's output). The banner comes from ``gym_notices``; drop its entry for
-    the installed gym version before anything imports gym."""
-    try:
-        import importlib.metadata as md
-
-        import gym_notices.notices as notices
-
-        notices.notices.pop(md.version("gym"), None)
-    except Exception:  # noqa: BLE001 - purely cosmetic
-        pass
-
-
 def main(argv: list[str] | None = None) -> None:
-    _quiet_gym_banner()
+    quiet_gym_banner()
     try:
         _add_plugin_commands()
         cli.main(args=argv, prog_name="kalm-bench", standalone_mode=False)

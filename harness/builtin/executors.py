@@ -10,6 +10,7 @@ from typing import Any
 
 from kalm_bench import hookimpl
 from kalm_bench.api import Executor
+from kalm_bench.compat import quiet_gym_banner
 
 
 def _init_worker(threads: int) -> None:
@@ -17,6 +18,7 @@ def _init_worker(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
     os.environ["KALM_BENCH_WORKER"] = "1"
+    quiet_gym_banner()
 
 
 class LocalExecutor(Executor):

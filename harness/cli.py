@@ -247,6 +247,9 @@ def _reference_for(results: Path, reference: str | None, reference_env: str | No
     p = Path(ref_path)
     if reference is None and not p.is_absolute() and suite_file is not None:
         p = suite_file.parent / p
+    copy = results / "reference.csv" if results.is_dir() else None
+    if reference is None and copy is not None and copy.is_file():
+        p = copy  # the copy the run saved: the suite file may be elsewhere or gone
     return load_reference(p), reference_env or cfg.get("reference_env")
 
 

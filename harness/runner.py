@@ -28,6 +28,7 @@ from .records import SCHEMA_VERSION, git_sha, load_records, machine, write_jsonl
 from .stages import StageResult, run_stage, versions
 
 UPSTREAM_KINDS = ("dataset", "grounding", "rollouts")
+REFERENCE_COPY = "reference.csv"
 
 
 @dataclass
@@ -103,6 +104,11 @@ class Runner:
 
     def _write_plan(self) -> None:
         s = self.plan.loaded.suite
+        if s.report.reference:
+            # A copy travels with the results, so `report` works wherever the results directory goes.
+            ref = self.plan.loaded.resolve(s.report.reference)
+            if ref.is_file():
+                atomic_write_text(self.output / REFERENCE_COPY, ref.read_text())
         atomic_write_text(self.output / "plan.json", json.dumps({
             "suite": s.suite, "suite_version": s.version, "suite_file": str(self.plan.loaded.path),
             "config": self.plan.loaded.merged, "run_ids": [r.run_id for r in self.plan.runs],

@@ -193,3 +193,21 @@ def test_comparison_rows_must_exist(core_env, suite_file):
     proc = run_cli("validate", str(suite_file))
     assert proc.returncode == 2
     assert "report.comparisons[0].rows[1]" in proc.stderr and "nope" in proc.stderr
+
+
+def test_results_carry_their_reference_copy(core_env, suite_file):
+    import shutil
+
+    ref = core_env / "ref.csv"
+    ref.write_text("env,level,algorithm,kalm,success_mean_pct,error_bar_pct,std_pct,source\n"
+                   "line,seen,tabular-bc,no,12.5,,,test\n")
+    suite_file.write_text(suite_file.read_text() + "report: {reference: ref.csv, reference_env: line}\n")
+    _run(suite_file, core_env / "a")
+    assert (core_env / "a" / "reference.csv").read_text() == ref.read_text()
+    # The results move, the suite and its reference go: the report still has the paper column.
+    moved = core_env / "elsewhere" / "results"
+    shutil.move(str(core_env / "a"), moved)
+    suite_file.unlink()
+    ref.unlink()
+    out = run_cli("report", str(moved), check=True).stdout
+    assert "seen (paper)" in out and "12.5" in out

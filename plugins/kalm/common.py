@@ -287,7 +287,8 @@ def judged_stop(env: Environment, level: str, cases: Sequence[dict[str, Any]], t
 def _can_label(env: Environment) -> bool:
     from kalm_bench.api import Environment as Base
 
-    return type(env).label_rollout is not Base.label_rollout
+    fn = getattr(type(env), "label_rollout", None)  # duck-typed envs (tests, scripts) may not have one
+    return fn is not None and fn is not Base.label_rollout
 
 
 def _action_size(env: Environment) -> int:

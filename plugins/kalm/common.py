@@ -363,10 +363,18 @@ class GoalMatcher:
 
 def realism_limits(env: Environment, dataset: TrajectoryDataset, margin: float = 0.05
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Workbench box and per-dimension step limit: from the env when it declares them, else from the data."""
+    """Workbench box and per-dimension step limit: from the env when it declares them, else from the data.
+
+    A dimension that never varies in the data (an empty entity slot, a fixed object) has no range to scale
+    a margin by; it gets the margin of the typical varying dimension, so that a model's rounding noise on it
+    is not counted as leaving the workbench or breaking the dynamics.
+    """
     states = np.concatenate([dataset.states, dataset.next_states])
     lo, hi = states.min(0), states.max(0)
-    span = np.maximum(hi - lo, 1e-6)
+    span = hi - lo
+    varying = span > 1e-6
+    typical = float(np.median(span[varying])) if varying.any() else 1.0
+    span = np.where(varying, span, typical)
     box = getattr(env, "workbench_bounds", None)
     if box is not None:
         lo, hi = (np.asarray(b, np.float32) for b in box)
@@ -374,7 +382,8 @@ def realism_limits(env: Environment, dataset: TrajectoryDataset, margin: float =
         lo, hi = lo - margin * span, hi + margin * span
     limit = getattr(env, "max_state_delta", None)
     if limit is None:
-        limit = np.abs(dataset.next_states - dataset.states).max(0) * (1 + margin) + 1e-6
+        step = np.abs(dataset.next_states - dataset.states).max(0)
+        limit = np.where(step > 1e-6, step * (1 + margin), margin * span) + 1e-6
     return np.asarray(lo, np.float32), np.asarray(hi, np.float32), np.asarray(limit, np.float32)
 
 

@@ -156,3 +156,26 @@ def test_judge_transitions_subsample_long_datasets():
     assert len(d["label"]) == 2 * 2
     real = {(float(p[0]), float(n[0])) for p, n in zip(ds.states, ds.next_states)}
     assert {(float(p[0]), float(n[0])) for p, n in zip(d["prev"], d["next"])} <= real
+
+
+def test_realism_limits_tolerate_noise_on_constant_dimensions():
+    import types
+
+    from kalm_bench_plugins.kalm.common import realism_limits, unrealistic_rates
+
+    rng = np.random.default_rng(0)
+    eps = []
+    for _ in range(5):
+        moving = np.cumsum(rng.normal(0, 0.1, size=(4, 1)), axis=0)
+        states = np.concatenate([moving, np.full((4, 1), 3.0)], axis=1).astype(np.float32)  # dim 1 never moves
+        eps.append(Episode(states=states, actions=np.zeros(3, np.int64), rewards=np.zeros(3, np.float32),
+                           instruction="x", goal={}, level="seen", success=True))
+    ds = TrajectoryDataset.from_episodes(eps, env="toy", action_kind="discrete", action_size=2)
+    lo, hi, limit = realism_limits(types.SimpleNamespace(), ds)
+    quiet = ds.episode(0).states.copy()
+    quiet[:, 1] += 1e-5  # a regression head's rounding noise on the constant dimension
+    far = quiet.copy()
+    far[-1, 1] += 1.0  # the fixed object really moves
+    rates = [unrealistic_rates([Rollout(states=s, actions=np.zeros(3, np.int64), done_prob=np.zeros(4, np.float32),
+                                        reward_pred=np.zeros(3, np.float32))], lo, hi, limit)[2] for s in (quiet, far)]
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(1 / 3)

@@ -190,7 +190,9 @@ def build_timing_table(timings: dict[str, Any]) -> pd.DataFrame | None:
     invocations = timings.get("invocations", [])
     if invocations:
         total = sum(float(i.get("wall_s", 0.0)) for i in invocations)
-        rows.append({"stage": "suite (wall clock)", "n": f"{len(invocations)} invocation(s)",
+        stopped = sum(1 for i in invocations if i.get("finished") is False)
+        rows.append({"stage": "suite (wall clock)",
+                     "n": f"{len(invocations)} invocation(s)" + (f", {stopped} stopped early" if stopped else ""),
                      "total (min)": f"{total / 60:.1f}", "mean (s)": "–", "max (s)": "–"})
     return pd.DataFrame(rows).set_index("stage")
 

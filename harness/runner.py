@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,6 +93,8 @@ class Runner:
         self.progress_factory = progress_factory
         self.stage_errors: dict[str, str] = {}
         self.started_at = _now()
+        self.invocation_id = uuid.uuid4().hex  # two invocations may start in the same second
+        self._t0 = time.time()
         self.git_sha = git_sha()
         self.versions = versions()
         self.machine = machine()
@@ -116,7 +119,7 @@ class Runner:
 
     # -- execution --------------------------------------------------------------------------------------
     def run(self) -> RunSummary:
-        t0 = time.time()
+        t0 = self._t0 = time.time()
         self.output.mkdir(parents=True, exist_ok=True)
         self._write_plan()
         summary = RunSummary(planned=len(self.plan.runs))
@@ -169,7 +172,7 @@ class Runner:
 
         self._execute(chains, summary, on_chain)
         summary.wall_s = time.time() - t0
-        self._write_timings(summary)
+        self._write_timings(summary, finished=True)
         current = load_records(self.output, current_only=True)
         atomic_write_text(self.output / "records.jsonl", write_jsonl(current))
         summary.records = current
@@ -191,18 +194,21 @@ class Runner:
                     self.say(f"stage failed: {res.error}")
             on_done(results)
 
-    def _write_timings(self, summary: RunSummary) -> None:
+    def _write_timings(self, summary: RunSummary, finished: bool) -> None:
         """``timings.json``: wall time of every planned stage that is built, and of each invocation.
 
         Stage times come from the cache manifests, so a resumed suite still reports the stages an earlier
-        invocation built; invocations accumulate (a resumed suite's total is their sum).
+        invocation built; invocations accumulate (a resumed suite's total is their sum). It is rewritten
+        after every run, so an invocation that is killed keeps its time up to its last finished run.
         """
         path = self.output / "timings.json"
         try:
             invocations = json.loads(path.read_text()).get("invocations", []) if path.is_file() else []
         except (json.JSONDecodeError, AttributeError):
             invocations = []  # a damaged timings file must not stop a finished suite from reporting
-        invocations.append({"started_at": self.started_at, "wall_s": round(summary.wall_s, 3), "jobs": self.jobs,
+        invocations = [i for i in invocations if i.get("id") != self.invocation_id]
+        invocations.append({"id": self.invocation_id, "started_at": self.started_at,
+                            "wall_s": round(time.time() - self._t0, 3), "finished": finished, "jobs": self.jobs,
                             "executor": self.executor.name, "runs_done": summary.ok, "runs_failed": summary.failed,
                             "stages_built": summary.stages_built, "stages_cached": summary.stages_cached,
                             "machine": self.machine, "git_sha": self.git_sha})
@@ -219,6 +225,7 @@ class Runner:
             summary.ok += 1
         else:
             summary.failed += 1
+        self._write_timings(summary, finished=False)
         self.say(f"{'ok' if error is None else 'FAILED'}: {run.describe()}"
                  + (f" success {record['success_rate']:.3f}" if error is None else f": {error}"))
 

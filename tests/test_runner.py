@@ -97,6 +97,11 @@ def test_resume_after_kill_loses_and_duplicates_nothing(core_env, suite_file):
     recs = load_records(out)
     assert len(recs) == 12 and len({r["run_id"] for r in recs}) == 12
     assert int((core_env / "counter").read_text()) == 6 - 2  # only the trainings not finished before the kill
+    # Both invocations are timed; the killed one up to its last finished run.
+    inv = json.loads((out / "timings.json").read_text())["invocations"]
+    assert [i["finished"] for i in inv] == [False, True] and inv[0]["wall_s"] > 0
+    assert inv[0]["runs_done"] == len(first)
+    assert "1 stopped early" in run_cli("report", str(out), check=True).stdout
     assert len((out / "records.jsonl").read_text().splitlines()) == 12
     fresh = run_cli("run", str(suite_file), "-o", str(core_env / "fresh"),
                     env={"KALM_BENCH_CACHE": str(core_env / "cache-fresh")}, check=True)

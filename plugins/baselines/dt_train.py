@@ -312,10 +312,11 @@ def load_policy(path: Path, device: str | None = None) -> DTPolicy:
 # Training
 
 
-def train(algorithm: DTAlgorithm, ctx: TrainContext) -> None:
-    cfg: DTConfig = algorithm.config  # type: ignore[assignment]
-    check_train_inputs(algorithm, ctx)
-    seed_everything(ctx.seed)
+def trajectory_setup(cfg: Any, ctx: TrainContext, device: str
+                     ) -> tuple[TrajectorySampler, float, float, tuple[int, int]]:
+    """What every Decision Transformer trains from: the trajectory sampler over real (+ imaginary) data,
+    the return-to-go target and scale (from the config, else from the real episodes' returns) and the
+    real/imaginary split of each batch. Checks that the timestep table covers the env's horizon."""
     returns = episode_returns(ctx.real)
     target = float(cfg.target_return) if cfg.target_return is not None else float(returns.max())
     scale = float(cfg.return_scale) if cfg.return_scale is not None else \
@@ -324,13 +325,21 @@ def train(algorithm: DTAlgorithm, ctx: TrainContext) -> None:
     n_real, n_imag = split_batch(cfg.batch_size, ctx.imaginary_fraction, imaginary is not None)
     sources = [(ctx.real, n_real)] + ([(imaginary, n_imag)] if imaginary is not None else [])
     try:
-        sampler = TrajectorySampler(sources, ctx.action_kind, cfg.context_size, seed=ctx.seed,
-                                    device=cfg.device, return_scale=scale, max_timestep=cfg.max_timestep)
+        sampler = TrajectorySampler(sources, ctx.action_kind, cfg.context_size, seed=ctx.seed, device=device,
+                                    return_scale=scale, max_timestep=cfg.max_timestep)
     except ValueError as exc:
         raise UserError(str(exc), field="data") from None
     if ctx.env is not None and getattr(ctx.env, "horizon", 0) >= cfg.max_timestep:
         raise UserError(f"max_timestep ({cfg.max_timestep}) must exceed the environment's horizon "
                         f"({ctx.env.horizon})", field="max_timestep")
+    return sampler, target, scale, (n_real, n_imag)
+
+
+def train(algorithm: DTAlgorithm, ctx: TrainContext) -> None:
+    cfg: DTConfig = algorithm.config  # type: ignore[assignment]
+    check_train_inputs(algorithm, ctx)
+    seed_everything(ctx.seed)
+    sampler, target, scale, (n_real, n_imag) = trajectory_setup(cfg, ctx, cfg.device)
 
     algo = build_algo(cfg)
     algo.create_impl((sampler.observation_dim,), ctx.action_size)

@@ -26,7 +26,6 @@ from torch import nn
 
 from kalm_bench.api import LLMHandle, PolicyBatch, TrainContext
 from kalm_bench.errors import UserError
-from kalm_bench_plugins.offline_rl.sampler import split_batch
 from kalm_bench_plugins.offline_rl.trainer import (
     META_FILE,
     check_train_inputs,
@@ -35,7 +34,7 @@ from kalm_bench_plugins.offline_rl.trainer import (
     write_policy_files,
 )
 
-from .dt_train import DTPolicy, TrajectorySampler, episode_returns
+from .dt_train import DTPolicy, trajectory_setup
 
 if TYPE_CHECKING:  # pragma: no cover
     from .llm_dt import LLMDecisionTransformer, LLMDTConfig
@@ -280,21 +279,7 @@ def train(algorithm: LLMDecisionTransformer, ctx: TrainContext) -> None:
                         "section to the suite)", field="llm")
     seed_everything(ctx.seed)
     device = resolve_device(cfg.device)
-    returns = episode_returns(ctx.real)
-    target = float(cfg.target_return) if cfg.target_return is not None else float(returns.max())
-    scale = float(cfg.return_scale) if cfg.return_scale is not None else \
-        max(1.0, float(np.abs(returns).max()))
-    imaginary = ctx.imaginary if ctx.imaginary is not None and len(ctx.imaginary) else None
-    n_real, n_imag = split_batch(cfg.batch_size, ctx.imaginary_fraction, imaginary is not None)
-    sources = [(ctx.real, n_real)] + ([(imaginary, n_imag)] if imaginary is not None else [])
-    try:
-        sampler = TrajectorySampler(sources, ctx.action_kind, cfg.context_size, seed=ctx.seed, device=device,
-                                    return_scale=scale, max_timestep=cfg.max_timestep)
-    except ValueError as exc:
-        raise UserError(str(exc), field="data") from None
-    if ctx.env is not None and getattr(ctx.env, "horizon", 0) >= cfg.max_timestep:
-        raise UserError(f"max_timestep ({cfg.max_timestep}) must exceed the environment's horizon "
-                        f"({ctx.env.horizon})", field="max_timestep")
+    sampler, target, scale, (n_real, n_imag) = trajectory_setup(cfg, ctx, device)
 
     llm = ctx.llm
     backbone = get_backbone(llm, device)

@@ -75,3 +75,45 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False):
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The LLM baselines (llm-policy, llm-dt): a tiny grounded model, the KALM tasks, a backend that can do neither
+
+
+TINY_EMBEDDED = {"d_model": 32, "layers": 2, "heads": 2, "epochs": 2, "diagnostics_explain": 0,
+                 "diagnostics_goals": 0, "threads": 1}
+
+
+def kalm_tasks() -> list:
+    from kalm_bench_plugins.kalm import tasks as T
+
+    return [t() for t in T.TASKS]
+
+
+def kalm_hf_test_module():
+    """tests/kalm/test_hf_local.py, loaded by path: its ``make_tiny_llama`` and ``SMALL`` build the random
+    Llama those tests ground (no downloads)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "kalm" / "test_hf_local.py"
+    spec = importlib.util.spec_from_file_location("_kalm_hf_test_module", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def mute_backend():
+    """An LLM backend that grounds and imagines nothing, and so can neither act nor lend a backbone."""
+    from kalm_bench.api import LLMBackend
+
+    class Mute(LLMBackend):
+        name = "mute"
+
+        def ground(self, ctx):
+            pass
+
+        def imagine(self, ctx):
+            pass
+
+    return Mute()

@@ -9,7 +9,6 @@ Run the throughput comparison with::
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -18,19 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from kalm_bench.api import GroundingContext, LLMBackend, LLMHandle, PolicyBatch
+from kalm_bench.api import GroundingContext, LLMHandle, PolicyBatch
 from kalm_bench.errors import UserError
 
-from dt_helpers import make_ctx, run_cli, synthetic, to_transitions
+from dt_helpers import (TINY_EMBEDDED, kalm_hf_test_module, kalm_tasks, make_ctx, mute_backend, run_cli,
+                        synthetic, to_transitions)
 
-TINY = {"d_model": 32, "layers": 2, "heads": 2, "epochs": 1, "diagnostics_explain": 0, "diagnostics_goals": 0,
-        "threads": 1}
-
-
-def _tasks():
-    from kalm_bench_plugins.kalm import tasks as T
-
-    return [t() for t in T.TASKS]
+TINY = dict(TINY_EMBEDDED, epochs=1)
 
 
 def _algo(overrides=None, preset="cpu"):
@@ -54,17 +47,14 @@ def embedded(registry, clevr, tmp_path_factory):
     env, ds, _, _ = clevr
     backend = registry.get("llm_backends", "embedded")(TINY)
     wd = tmp_path_factory.mktemp("embedded-llm")
-    backend.ground(GroundingContext(ds, env, _tasks(), 0, wd))
+    backend.ground(GroundingContext(ds, env, kalm_tasks(), 0, wd))
     return backend, wd
 
 
 @pytest.fixture(scope="module")
 def hf(registry, clevr, tmp_path_factory):
     """The tiny random Llama of tests/kalm, LoRA-grounded for a few steps (no downloads)."""
-    spec = importlib.util.spec_from_file_location("_kalm_hf_fixture_llm_dt",
-                                                  Path(__file__).parents[1] / "kalm" / "test_hf_local.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = kalm_hf_test_module()
     env, ds, _, _ = clevr
     from kalm_bench.datasets import TrajectoryDataset
     from kalm_bench_plugins.kalm import tasks as T
@@ -76,7 +66,7 @@ def hf(registry, clevr, tmp_path_factory):
     backend = registry.get("llm_backends", "hf-local")(dict(mod.SMALL, max_steps=2, model_dir=str(llama)))
     wd = root / "grounded"
     wd.mkdir()
-    backend.ground(GroundingContext(small, env, _tasks(), 0, wd))
+    backend.ground(GroundingContext(small, env, kalm_tasks(), 0, wd))
     return backend, wd, small, dict(mod.SMALL, max_steps=2, model_dir=str(llama))
 
 
@@ -253,7 +243,7 @@ def test_bf16_backbone_trains_fp32_lora_adapters(registry, hf, clevr, tmp_path):
     backend = registry.get("llm_backends", "hf-local")(dict(config, dtype="bfloat16"))
     wd = tmp_path / "grounded"
     wd.mkdir()
-    backend.ground(GroundingContext(small, env, _tasks(), 0, wd))
+    backend.ground(GroundingContext(small, env, kalm_tasks(), 0, wd))
     algo = _algo({"context_size": 3, "batch_size": 4, "backbone_lora_rank": 2, "warmup": 1})
     data = synthetic(n_eps=10, length=6, state_dim=5, emb_dim=4, kind="discrete", action_size=4)
     ctx, saved, _ = make_ctx(algo, data, tmp_path / "ck", steps=3, every=3)
@@ -277,24 +267,14 @@ def test_errors(embedded, clevr, tmp_path):
     ctx, saved, _ = make_ctx(algo, data, tmp_path, steps=2, every=2, action_size=40, env=env)
     with pytest.raises(UserError, match="grounded LLM"):
         algo.train(ctx)
-
-    class Mute(LLMBackend):
-        name = "mute"
-
-        def ground(self, ctx):
-            pass
-
-        def imagine(self, ctx):
-            pass
-
-    ctx.llm = LLMHandle(Mute(), tmp_path)
+    ctx.llm = LLMHandle(mute_backend(), tmp_path)
     with pytest.raises(UserError, match="no backbone"):
         algo.train(ctx)
     ctx.llm = LLMHandle(backend, wd)
     algo.train(ctx)
     ck = saved[2]
     with pytest.raises(UserError, match="'embedded'") as e:
-        algo.load_policy(ck, dataclasses.replace(ctx, llm=LLMHandle(Mute(), wd)))
+        algo.load_policy(ck, dataclasses.replace(ctx, llm=LLMHandle(mute_backend(), wd)))
     assert e.value.file == ck / "policy.json"
     (ck / "llm_dt.pt").write_bytes(b"truncated")
     with pytest.raises(UserError) as e:

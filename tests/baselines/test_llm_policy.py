@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import types
@@ -11,20 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kalm_bench.api import GroundingContext, LLMBackend, LLMHandle, PolicyBatch
+from kalm_bench.api import GroundingContext, LLMHandle, PolicyBatch
 from kalm_bench.datasets import Episode, TrajectoryDataset
 from kalm_bench.errors import UserError
 
-from dt_helpers import make_ctx, run_cli, synthetic
+from dt_helpers import (TINY_EMBEDDED, kalm_hf_test_module, kalm_tasks, make_ctx, mute_backend, run_cli,
+                        synthetic)
 
-TINY = {"d_model": 32, "layers": 2, "heads": 2, "epochs": 2, "diagnostics_explain": 0, "diagnostics_goals": 0,
-        "threads": 1}
-
-
-def _tasks():
-    from kalm_bench_plugins.kalm import tasks as T
-
-    return [t() for t in T.TASKS]
+TINY = TINY_EMBEDDED
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def embedded(registry, clevr, tmp_path_factory):
     env, ds = clevr
     backend = registry.get("llm_backends", "embedded")(TINY)
     wd = tmp_path_factory.mktemp("embedded-llm")
-    backend.ground(GroundingContext(ds, env, _tasks(), 0, wd))
+    backend.ground(GroundingContext(ds, env, kalm_tasks(), 0, wd))
     return backend, wd
 
 
@@ -146,7 +139,7 @@ def test_continuous_actions_decode_with_the_normaliser(registry, tmp_path):
     ds = TrajectoryDataset.from_episodes(eps, env="toy", action_kind="continuous", action_size=2)
     env = types.SimpleNamespace(name="toy", action_kind="continuous", horizon=6)
     backend = registry.get("llm_backends", "embedded")(dict(TINY, epochs=30))
-    backend.ground(GroundingContext(ds, env, _tasks(), 0, tmp_path))
+    backend.ground(GroundingContext(ds, env, kalm_tasks(), 0, tmp_path))
     policy = backend.policy(tmp_path, env)
     engine = backend._engine(tmp_path)
     insts = ["reach target 0.", "reach target 1."]
@@ -199,17 +192,7 @@ def test_algorithm_errors(registry, embedded, clevr, tmp_path):
     ctx, _, _ = make_ctx(algo, synthetic(), tmp_path, env=env)
     with pytest.raises(UserError, match="grounded LLM"):
         algo.train(ctx)
-
-    class Mute(LLMBackend):
-        name = "mute"
-
-        def ground(self, ctx):
-            pass
-
-        def imagine(self, ctx):
-            pass
-
-    ctx.llm = LLMHandle(Mute(), tmp_path)
+    ctx.llm = LLMHandle(mute_backend(), tmp_path)
     with pytest.raises(UserError, match="cannot act as a policy"):
         algo.train(ctx)
     ctx.llm = LLMHandle(backend, wd)
@@ -230,10 +213,7 @@ def test_algorithm_errors(registry, embedded, clevr, tmp_path):
 
 def test_hf_backend_acts_like_its_generation(registry, clevr, tmp_path):
     """The causal-LM path with the tiny random Llama that tests/kalm build (no downloads)."""
-    spec = importlib.util.spec_from_file_location("_kalm_hf_fixture",
-                                                  Path(__file__).parents[1] / "kalm" / "test_hf_local.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = kalm_hf_test_module()
     env, ds = clevr
     from kalm_bench_plugins.kalm import tasks as T
 
@@ -244,7 +224,7 @@ def test_hf_backend_acts_like_its_generation(registry, clevr, tmp_path):
     backend = registry.get("llm_backends", "hf-local")(dict(mod.SMALL, model_dir=str(llama)))
     wd = tmp_path / "grounded"
     wd.mkdir()
-    backend.ground(GroundingContext(small, env, _tasks(), 0, wd))
+    backend.ground(GroundingContext(small, env, kalm_tasks(), 0, wd))
     policy = backend.policy(wd, env)
     insts, rollouts = _imagined(backend, wd, env, n=3, steps=3)
     for t in range(3):

@@ -25,7 +25,7 @@ Only numpy is imported here, so registering the tasks stays cheap.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -103,13 +103,7 @@ class _Task(GroundingTask):
 
     def examples(self, dataset: TrajectoryDataset, rng: np.random.Generator) -> list[dict[str, Any]]:
         out = []
-        starts = dataset.episode_starts
-        for i in range(dataset.n_episodes):
-            n = int(dataset.lengths[i])
-            if n == 0:
-                continue
-            s0 = int(starts[i])
-            states = np.concatenate([dataset.states[s0:s0 + n], dataset.next_states[s0 + n - 1:s0 + n]])
+        for i, s0, n, states in episode_arrays(dataset):
             ex = self.build(dataset, states, dataset.actions[s0:s0 + n], dataset.rewards[s0:s0 + n],
                             bool(dataset.success[i]), str(dataset.instructions[i]), rng)
             ex.update(task=self.name, episode=i, goal=str(dataset.goals[i]))
@@ -198,6 +192,32 @@ def generation_prefix(instruction: str) -> list[dict[str, Any]]:
             text(GENERATION_MID)]
 
 
+def episode_arrays(dataset: TrajectoryDataset) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """(episode, first transition, length, states (length + 1, S)) of every non-empty episode."""
+    starts = dataset.episode_starts
+    for i in range(dataset.n_episodes):
+        n = int(dataset.lengths[i])
+        if n == 0:
+            continue
+        s0 = int(starts[i])
+        yield i, s0, n, np.concatenate([dataset.states[s0:s0 + n], dataset.next_states[s0 + n - 1:s0 + n]])
+
+
+def instructions_by_goal(dataset: TrajectoryDataset, clean: Callable[[Any], str]) -> dict[str, list[str]]:
+    """Goal → its distinct instructions (after ``clean``), in first-seen order."""
+    by_goal: dict[str, list[str]] = {}
+    for inst, goal in zip(dataset.instructions, dataset.goals):
+        lst = by_goal.setdefault(str(goal), [])
+        if clean(inst) not in lst:
+            lst.append(clean(inst))
+    return by_goal
+
+
+def state_scale(dataset: TrajectoryDataset) -> np.ndarray:
+    """Per-dimension standard deviation of every state in the data: the unit of the noise added to states."""
+    return np.concatenate([dataset.states, dataset.next_states]).std(0).astype(np.float32)
+
+
 def success_judge_examples(dataset: TrajectoryDataset, check: Callable[[str, np.ndarray, np.ndarray],
                                                                       tuple[int, bool]],
                            rng: np.random.Generator, *, noise: float = 0.3) -> list[dict[str, Any]]:
@@ -213,23 +233,13 @@ def success_judge_examples(dataset: TrajectoryDataset, check: Callable[[str, np.
     satisfies its own after the noise, is a positive. Only success targets: these rollouts are not expert
     demonstrations of their instruction, so there is no state/action/reward loss.
     """
-    by_goal: dict[str, list[str]] = {}
-    for inst, goal in zip(dataset.instructions, dataset.goals):
-        lst = by_goal.setdefault(str(goal), [])
-        if str(inst) not in lst:
-            lst.append(str(inst))
+    by_goal = instructions_by_goal(dataset, str)
     goal_keys = sorted(by_goal)
     if not len(goal_keys) or not dataset.n_transitions:
         return []
-    scale = np.concatenate([dataset.states, dataset.next_states]).std(0).astype(np.float32)
-    starts = dataset.episode_starts
+    scale = state_scale(dataset)
     out = []
-    for i in range(dataset.n_episodes):
-        n = int(dataset.lengths[i])
-        if n == 0:
-            continue
-        s0 = int(starts[i])
-        states = np.concatenate([dataset.states[s0:s0 + n], dataset.next_states[s0 + n - 1:s0 + n]])
+    for i, s0, n, states in episode_arrays(dataset):
         actions = dataset.actions[s0:s0 + n]
         goal, inst = str(dataset.goals[i]), str(dataset.instructions[i])
         kind = "other-goal" if len(goal_keys) > 1 and rng.random() < 0.5 else "noisy"
@@ -267,18 +277,14 @@ def judge_transitions(dataset: TrajectoryDataset, check: Callable[[str, np.ndarr
     bounds the env checks and memory. Returns arrays ``prev`` (N, S),
     ``action`` (N,) or (N, A), ``next`` (N, S), ``label`` (N,) bool and ``instruction`` (N,) str.
     """
-    by_goal: dict[str, list[str]] = {}
-    for inst, goal in zip(dataset.instructions, dataset.goals):
-        lst = by_goal.setdefault(str(goal), [])
-        if strip_instruction(str(inst)) not in lst:
-            lst.append(strip_instruction(str(inst)))
+    by_goal = instructions_by_goal(dataset, lambda inst: strip_instruction(str(inst)))
     goal_keys = sorted(by_goal)
     prev, act, nxt, lab, inst_out = [], [], [], [], []
     if not dataset.n_transitions:
         return {"prev": np.zeros((0, dataset.state_dim), np.float32), "action": dataset.actions[:0],
                 "next": np.zeros((0, dataset.state_dim), np.float32), "label": np.zeros(0, bool),
                 "instruction": np.array([], dtype=str)}
-    scale = np.concatenate([dataset.states, dataset.next_states]).std(0).astype(np.float32)
+    scale = state_scale(dataset)
     starts = dataset.episode_starts
     use = np.ones(dataset.n_transitions, bool)
     if dataset.n_transitions > max_transitions:

@@ -162,6 +162,10 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
     for i, (entry, _, cls) in enumerate(algo_specs):
         if cls.needs_llm or "kalm" in entry.variants:
             grounding_of[i] = grounding_for(i, entry)
+        elif entry.llm is not None:  # an override nothing reads would silently change nothing
+            raise loaded.error(("algorithms", i, "llm"), f"{entry.name!r} with variants {list(entry.variants)} "
+                               "uses no LLM; an entry's llm section needs the kalm variant or an LLM-based "
+                               "algorithm")
 
     def rollouts_for(level: str, grounding_key: str) -> tuple[str, str]:
         target = s.rollouts.for_level.get(level, level)

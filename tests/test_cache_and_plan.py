@@ -133,6 +133,15 @@ def test_an_unknown_task_in_an_entry_llm_names_its_field(core_env, suite_file):
     assert "algorithms[0].llm.grounding_tasks[1]" in str(err.value) and "nope" in str(err.value)
 
 
+def test_an_entry_llm_that_nothing_reads_is_an_error(core_env, suite_file):
+    from kalm_bench.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        _keys(suite_file, "algorithms+={name: tabular-bc, label: plain, variants: [base], "
+                          "llm: {config: {accuracy: 0.5}}}")
+    assert "algorithms[1].llm" in str(err.value) and "uses no LLM" in str(err.value)
+
+
 def test_an_entry_can_change_its_training_budget(core_env, suite_file):
     before, _ = _keys(suite_file)
     after, plan = _keys(suite_file, "algorithms[0].train={steps: 8, checkpoint_every: 2}")

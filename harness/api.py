@@ -268,6 +268,9 @@ class Algorithm(Component):
     action_kinds: ClassVar[tuple[ActionKind, ...]] = ("discrete", "continuous")
     needs_llm: ClassVar[bool] = False
     """True for algorithms that act through the grounded LLM (LLM-as-policy, LLM-backbone DT)."""
+    trains: ClassVar[bool] = True
+    """False for algorithms that make no updates (their one checkpoint is step 0): the run's train stage then
+    ignores ``train.steps`` and ``checkpoint_every``, so changing them does not rebuild it."""
 
     @abc.abstractmethod
     def train(self, ctx: TrainContext) -> None:

@@ -208,6 +208,8 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
         tr = entry.train.model_dump(exclude_none=True) if entry.train else {}
         train_common = {"steps": tr.get("steps", s.train.steps),
                         "checkpoint_every": tr.get("checkpoint_every", s.train.checkpoint_every)}
+        if not cls.trains:
+            train_common = {"steps": 0, "checkpoint_every": 0}
         imaginary_fraction = tr.get("imaginary_fraction", s.train.imaginary_fraction)
         for variant in entry.variants:
             for seed in s.seed_list:

@@ -38,6 +38,7 @@ class LLMAsPolicy(Algorithm):
                                   "prompt, the initial state and the real history (no policy training)")
     action_kinds: ClassVar[tuple[ActionKind, ...]] = ("discrete", "continuous")
     needs_llm: ClassVar[bool] = True
+    trains: ClassVar[bool] = False
     Config: ClassVar[type[StrictConfig]] = LLMPolicyConfig
 
     def _policy(self, ctx: TrainContext) -> Policy:

@@ -260,6 +260,25 @@ report: {reference: REFERENCE, reference_env: clevr}
 """
 
 
+def test_the_training_budget_does_not_key_its_train_stage(registry, tmp_path):
+    """It makes no updates, so a new train.steps must not rebuild (re-evaluate) it."""
+    if "clevr-robot" not in registry.names("envs"):
+        pytest.skip("the clevr-robot environment plugin is not installed")
+    from kalm_bench.plan import build_plan
+    from kalm_bench.suite import load_suite
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE.replace("REFERENCE", str(REFERENCE)))
+
+    def train_keys(*overrides):
+        plan = build_plan(load_suite(suite, ["algorithms+={name: discrete-bc, label: BC}", *overrides]), registry)
+        return {s.label: s.key for s in plan.stages.values() if s.kind == "train"}
+
+    before, after = train_keys(), train_keys("train.steps=20")
+    assert before["LLM seed 0"] == after["LLM seed 0"]
+    assert before["BC seed 0"] != after["BC seed 0"]
+
+
 @pytest.mark.slow
 def test_suite_with_llm_policy_runs_end_to_end(registry, tmp_path):
     if "clevr-robot" not in registry.names("envs"):

@@ -50,6 +50,7 @@ def main() -> None:
                     help='JSON, e.g. {"discrete-cql": {"learning_rate": 3e-4}}')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--epsilon", type=float, default=0.0, help="the expert's random-push probability")
     ap.add_argument("--cases", type=int, default=111)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
@@ -68,7 +69,7 @@ def main() -> None:
 
         ds = TrajectoryDataset.load(args.dataset)
     else:
-        ds = env.generate_dataset(args.episodes, args.data_seed)
+        ds = env.generate_dataset(args.episodes, args.data_seed, epsilon=args.epsilon)
         if args.dataset is not None:
             ds.save(args.dataset)
     gen_s = time.perf_counter() - t0
@@ -78,7 +79,7 @@ def main() -> None:
     data = to_transitions(ds, encoder.encode)
     enc_s = time.perf_counter() - t0
     cases = env.test_cases("seen", args.cases, 7)
-    out = {"episodes": ds.n_episodes, "transitions": ds.n_transitions, "data_success": float(ds.success.mean()),
+    out = {"episodes": ds.n_episodes, "epsilon": args.epsilon, "transitions": ds.n_transitions, "data_success": float(ds.success.mean()),
            "unique_instructions": len(data.instructions), "generate_s": gen_s, "encode_s": enc_s,
            "threads": args.threads, "n_cases": len(cases), "runs": {}}
     res = env.evaluate(RandomPolicy(40, 0), "seen", cases, 7, embed=encoder.encode)

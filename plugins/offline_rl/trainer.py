@@ -8,6 +8,7 @@ The loop is d3rlpy's own ``fit`` minus its per-transition Python sampler: the d3
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import deque
@@ -40,6 +41,11 @@ FORMAT = "kalm-bench-d3rlpy-policy"
 # d3rlpy configs
 
 
+# The config's scaler names → d3rlpy scalers (unfitted: ``train`` fits them on the training data).
+OBSERVATION_SCALERS = {"none": lambda: None, "standard": d3rlpy.preprocessing.StandardObservationScaler,
+                       "min_max": d3rlpy.preprocessing.MinMaxObservationScaler}
+
+
 def _config_class(cfg: D3rlpyConfig) -> type:
     return getattr(d3rlpy.algos, cfg.d3rlpy_config)
 
@@ -51,19 +57,22 @@ def build_d3rlpy_config(cfg: D3rlpyConfig) -> Any:
     for k in cfg.d3rlpy_fields:
         if k.endswith("encoder_factory"):
             own[k] = VectorEncoderFactory(hidden_units=list(cfg.hidden_units), activation="relu")
+    # Set last: d3rlpy cannot serialise a scaler before it is fitted, and the overrides go through JSON.
+    scaler = OBSERVATION_SCALERS[cfg.observation_scaler]()
+    own.pop("observation_scaler", None)
     base = cls(**own)
-    if not cfg.d3rlpy:
-        return base
-    values = base.serialize_to_dict()
-    for key, value in cfg.d3rlpy.items():
-        trial = dict(values, **{key: value})
-        try:
-            cls.deserialize_from_dict(trial)
-        except Exception as exc:  # dataclasses_json raises a zoo of types for a bad value
-            raise ValueError(f"d3rlpy.{key}: invalid value {value!r} for d3rlpy {cfg.d3rlpy_config} "
-                             f"({type(exc).__name__}: {exc})") from None
-        values = trial
-    return cls.deserialize_from_dict(values)
+    if cfg.d3rlpy:
+        values = base.serialize_to_dict()
+        for key, value in cfg.d3rlpy.items():
+            trial = dict(values, **{key: value})
+            try:
+                cls.deserialize_from_dict(trial)
+            except Exception as exc:  # dataclasses_json raises a zoo of types for a bad value
+                raise ValueError(f"d3rlpy.{key}: invalid value {value!r} for d3rlpy {cfg.d3rlpy_config} "
+                                 f"({type(exc).__name__}: {exc})") from None
+            values = trial
+        base = cls.deserialize_from_dict(values)
+    return dataclasses.replace(base, observation_scaler=scaler) if scaler is not None else base
 
 
 def build_algo(cfg: D3rlpyConfig) -> QLearningAlgoBase:

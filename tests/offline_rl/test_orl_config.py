@@ -53,7 +53,10 @@ def test_presets_and_d3rlpy_fields_match_the_installed_d3rlpy(registry, name):
 
         d3 = build_d3rlpy_config(cfg)
         for field, value in cls.presets[preset].items():
-            assert getattr(d3, field) == value, (preset, field)
+            if field == "observation_scaler":  # a name here, an (unfitted) d3rlpy scaler there
+                assert getattr(d3, field).get_type() == value, preset
+            else:
+                assert getattr(d3, field) == value, (preset, field)
         for f in cfg_cls.d3rlpy_fields:
             if f.endswith("encoder_factory"):
                 assert list(getattr(d3, f).hidden_units) == [256, 256]

@@ -142,10 +142,14 @@ def test_broken_checkpoints_give_errors_naming_the_file(registry, tmp_path):
         algo.load_policy(tmp_path / "nowhere", ctx)
 
 
-def test_d3rlpy_scalers_are_fitted_on_the_training_data_and_saved(registry, tmp_path):
+@pytest.mark.parametrize("how", ["option", "d3rlpy"])
+def test_d3rlpy_scalers_are_fitted_on_the_training_data_and_saved(registry, tmp_path, how):
     cls = registry.get("algorithms", "td3+bc")
-    algo = cls(cls.make_config(overrides=dict(SMALL, d3rlpy={"observation_scaler": {"type": "standard",
-                                                                                      "params": {}}})))
+    # the common option, or a d3rlpy scaler that has no option of its own (reward scaler) under d3rlpy:
+    extra = ({"observation_scaler": "standard"} if how == "option" else
+             {"observation_scaler": "standard", "d3rlpy": {"reward_scaler": {"type": "multiply",
+                                                                              "params": {"multiplier": 0.5}}}})
+    algo = cls(cls.make_config(overrides=dict(SMALL, **extra)))
     data = synthetic(kind="continuous", action_size=3)
     ctx, saved, _ = make_ctx(algo, data, tmp_path, steps=4, every=4)
     algo.train(ctx)
@@ -164,3 +168,14 @@ def test_d3rlpy_scalers_are_fitted_on_the_training_data_and_saved(registry, tmp_
     policy = algo.load_policy(saved[4], ctx)
     assert policy.algo.config.observation_scaler.built
     assert np.isfinite(policy.act(_batch(data))).all()
+    if how == "d3rlpy":
+        assert meta["d3rlpy_config"]["config"]["params"]["reward_scaler"]["params"]["multiplier"] == 0.5
+
+
+def test_observation_scaler_is_an_option_not_a_d3rlpy_field(registry):
+    cls = registry.get("algorithms", "discrete-cql")
+    with pytest.raises(ValueError, match="observation_scaler.*set it directly"):
+        cls.make_config(overrides={"d3rlpy": {"observation_scaler": {"type": "standard", "params": {}}}})
+    with pytest.raises(ValueError, match="observation_scaler"):
+        cls.make_config(overrides={"observation_scaler": "zscore"})
+    assert cls.make_config().observation_scaler == "none"

@@ -6,7 +6,7 @@ Run the comparison with::
         --benchmark-json=/tmp/orl-bench.json
     python tests/offline_rl/bench_table.py /tmp/orl-bench.json
 
-Each round (after one warm-up round) trains ``steps`` updates: the harness path is ``Algorithm.train``
+Each of 5 rounds (after one warm-up round) trains ``steps`` updates: the harness path is ``Algorithm.train``
 with its sampler and one checkpoint snapshot at the end; the d3rlpy path is ``algo.fit`` with a no-op
 logger. ``calibration`` times a plain torch MLP so figures from a busy machine can be told apart. With
 ``--benchmark-disable`` (CI) every function runs once with a handful of steps, as a smoke test of both
@@ -26,8 +26,10 @@ from orl_helpers import synthetic
 from kalm_bench.api import TrainContext
 from kalm_bench.plugins import build_registry
 
-# updates per benchmark round (CQL's conservative term costs ~10x the others)
-STEPS = {"discrete-bc": 300, "discrete-cql": 300, "bc": 300, "td3+bc": 150, "awac": 60, "iql": 150, "cql": 25}
+# Updates per benchmark round: a few seconds each, so per-round set-up (both paths build the algorithm and
+# index the data every round) and a busy neighbour's bursts weigh little.
+STEPS = {"discrete-bc": 600, "discrete-cql": 600, "bc": 600, "td3+bc": 200, "awac": 60, "iql": 200, "cql": 100}
+ROUNDS = 5
 KIND = {"discrete-bc": "discrete", "discrete-cql": "discrete"}
 STATE, EMB = 10, 384  # CLEVR state ⊕ minilm embedding
 
@@ -93,7 +95,7 @@ def test_bench_updates(benchmark, data, name, path, tmp_path):
     run = _harness_run(name, data, tmp_path, steps, saved) if path == "harness" else _fit_run(name, data, steps, saved)
     benchmark.group = name
     benchmark.extra_info.update(updates_per_round=steps, path=path)
-    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0 if benchmark.disabled else 1)
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=0 if benchmark.disabled else 1)
     assert saved and saved[-1] == steps
 
 

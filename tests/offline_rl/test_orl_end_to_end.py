@@ -110,7 +110,8 @@ def test_discrete_algorithms_fit_kalm_clevr_trajectories(registry, encoder, kalm
 
 
 @pytest.mark.slow
-def test_clevr_robot_data_train_and_batched_evaluation(registry, encoder, tmp_path):
+@pytest.mark.parametrize("preset", ["paper", "cpu"])  # cpu: a fitted observation scaler on the way
+def test_clevr_robot_data_train_and_batched_evaluation(registry, encoder, tmp_path, preset):
     """The env plugin's own data and evaluator; two runs with one seed give the same record."""
     if "clevr-robot" not in registry.names("envs"):
         pytest.skip("the clevr-robot environment plugin is not installed")
@@ -120,7 +121,7 @@ def test_clevr_robot_data_train_and_batched_evaluation(registry, encoder, tmp_pa
     records = []
     for run in range(2):
         cls = registry.get("algorithms", "discrete-cql")
-        algo = cls()
+        algo = cls(cls.make_config(preset))
         ctx, saved, _ = make_ctx(algo, data, tmp_path / str(run), steps=20, every=20, seed=1, action_size=40)
         algo.train(ctx)
         results = [env.evaluate(algo.load_policy(saved[s], ctx), "seen", cases, 7, embed=encoder.encode)

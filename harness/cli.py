@@ -165,7 +165,8 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(f"corrupt timings file ({exc})", file=timings_file) from None
         if timing is not None:
-            parts.append(reporter.render(timing, title="Wall time per stage (built stages; cache hits cost ~0)"))
+            parts.append(reporter.render(timing, title="Wall time per stage (each stage's build time, also for "
+                                                       "stages an earlier invocation built into the cache)"))
     cell = "mean ± std (n seeds)" if stat == "mean_std" else "IQM [95% stratified-bootstrap CI] (n seeds)"
     footer = (f"{len(ok)} runs ok, {len(failed)} failed. Cells: {cell} of the per-seed success rate, each the mean "
               f"over the last {ok[0].get('last_k', '?') if ok else '?'} checkpoints.")

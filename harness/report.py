@@ -177,7 +177,8 @@ def build_comparison_table(table: pd.DataFrame, rows: list[str], levels: list[st
 
 
 def build_timing_table(timings: dict[str, Any]) -> pd.DataFrame | None:
-    """Wall time per stage kind from a results directory's ``timings.json`` (stages built, not cache hits)."""
+    """Wall time per stage kind from a results directory's ``timings.json``: every stage the results use, with
+    the time its build took, whichever invocation built it."""
     stages = [s for s in timings.get("stages", []) if s.get("wall_s") is not None]
     if not stages:
         return None

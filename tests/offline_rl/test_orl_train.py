@@ -142,33 +142,38 @@ def test_broken_checkpoints_give_errors_naming_the_file(registry, tmp_path):
         algo.load_policy(tmp_path / "nowhere", ctx)
 
 
-@pytest.mark.parametrize("how", ["option", "d3rlpy"])
+# "standard"/"min_max": the option alone (fitted directly on the arrays); "with-reward-scaler": a d3rlpy
+# reward scaler as well, which goes through d3rlpy's own MDPDataset fitting.
+@pytest.mark.parametrize("how", ["standard", "min_max", "with-reward-scaler"])
 def test_d3rlpy_scalers_are_fitted_on_the_training_data_and_saved(registry, tmp_path, how):
+    import d3rlpy
+
     cls = registry.get("algorithms", "td3+bc")
-    # the common option, or a d3rlpy scaler that has no option of its own (reward scaler) under d3rlpy:
-    extra = ({"observation_scaler": "standard"} if how == "option" else
-             {"observation_scaler": "standard", "d3rlpy": {"reward_scaler": {"type": "multiply",
-                                                                              "params": {"multiplier": 0.5}}}})
+    kind = "standard" if how == "with-reward-scaler" else how
+    extra: dict = {"observation_scaler": kind}
+    if how == "with-reward-scaler":
+        extra["d3rlpy"] = {"reward_scaler": {"type": "multiply", "params": {"multiplier": 0.5}}}
     algo = cls(cls.make_config(overrides=dict(SMALL, **extra)))
+    # real data ending in terminals and time-outs, imaginary data from other instructions: both are fitted
     data = synthetic(kind="continuous", action_size=3)
-    ctx, saved, _ = make_ctx(algo, data, tmp_path, steps=4, every=4)
+    imag = synthetic(n_eps=12, kind="continuous", action_size=3, n_instr=3, seed=5)
+    ctx, saved, _ = make_ctx(algo, data, tmp_path, steps=4, every=4, imaginary=imag)
     algo.train(ctx)
     meta = json.loads((saved[4] / "policy.json").read_text())
     scaler = meta["d3rlpy_config"]["config"]["params"]["observation_scaler"]
-    assert scaler["type"] == "standard"
-    # the same statistics d3rlpy's fit() computes on the equivalent MDPDataset
-    import d3rlpy
-
-    ref = d3rlpy.preprocessing.StandardObservationScaler()
-    ds = d3rlpy.dataset.MDPDataset(observations=data.observations, actions=data.actions, rewards=data.rewards,
-                                   terminals=data.terminals, timeouts=data.timeouts)
-    ref.fit_with_transition_picker(ds.episodes, ds.transition_picker)
-    np.testing.assert_allclose(scaler["params"]["mean"], ref.mean, rtol=1e-6)
-    np.testing.assert_allclose(scaler["params"]["std"], ref.std, rtol=1e-6)
+    assert scaler["type"] == kind
+    # the same statistics d3rlpy's fit() computes on the equivalent MDPDataset (its transitions)
+    ref = (d3rlpy.preprocessing.StandardObservationScaler() if kind == "standard"
+           else d3rlpy.preprocessing.MinMaxObservationScaler())
+    both = [d3rlpy.dataset.MDPDataset(observations=d.observations, actions=d.actions, rewards=d.rewards,
+                                      terminals=d.terminals, timeouts=d.timeouts) for d in (data, imag)]
+    ref.fit_with_transition_picker(both[0].episodes + both[1].episodes, both[0].transition_picker)
+    for field in ("mean", "std") if kind == "standard" else ("minimum", "maximum"):
+        np.testing.assert_allclose(scaler["params"][field], getattr(ref, field), rtol=1e-6, atol=1e-7)
     policy = algo.load_policy(saved[4], ctx)
     assert policy.algo.config.observation_scaler.built
     assert np.isfinite(policy.act(_batch(data))).all()
-    if how == "d3rlpy":
+    if how == "with-reward-scaler":
         assert meta["d3rlpy_config"]["config"]["params"]["reward_scaler"]["params"]["multiplier"] == 0.5
 
 

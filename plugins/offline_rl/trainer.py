@@ -59,7 +59,8 @@ def build_d3rlpy_config(cfg: D3rlpyConfig) -> Any:
         if k.endswith("encoder_factory"):
             own[k] = VectorEncoderFactory(hidden_units=list(cfg.hidden_units), activation="relu")
     # Set last: d3rlpy cannot serialise a scaler before it is fitted, and the overrides go through JSON.
-    scaler = OBSERVATION_SCALERS[cfg.observation_scaler]()
+    # Configs without the option (the Decision Transformers, fed hand-built trajectories) get none.
+    scaler = OBSERVATION_SCALERS[getattr(cfg, "observation_scaler", "none")]()
     own.pop("observation_scaler", None)
     base = cls(**own)
     if cfg.d3rlpy:

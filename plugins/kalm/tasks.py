@@ -207,9 +207,9 @@ def instructions_by_goal(dataset: TrajectoryDataset, clean: Callable[[Any], str]
     """Goal → its distinct instructions (after ``clean``), in first-seen order."""
     by_goal: dict[str, list[str]] = {}
     for inst, goal in zip(dataset.instructions, dataset.goals):
-        lst = by_goal.setdefault(str(goal), [])
-        if clean(inst) not in lst:
-            lst.append(clean(inst))
+        lst, text = by_goal.setdefault(str(goal), []), clean(inst)
+        if text not in lst:
+            lst.append(text)
     return by_goal
 
 

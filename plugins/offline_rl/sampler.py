@@ -39,6 +39,13 @@ class TorchTransitionBatch:
         return int(self.observations.shape[0])
 
 
+def episode_last_rows(data: TransitionData) -> np.ndarray:
+    """The row of every non-empty episode's last step."""
+    starts = np.asarray(data.episode_starts, np.int64)
+    ends = np.append(starts[1:], len(data)) - 1
+    return ends[ends >= starts]
+
+
 def _next_actions(data: TransitionData, actions: np.ndarray) -> np.ndarray:
     """The action taken at the step after each transition; zero at each episode's last step."""
     n = len(data)
@@ -46,9 +53,7 @@ def _next_actions(data: TransitionData, actions: np.ndarray) -> np.ndarray:
     if n == 0:
         return out
     last = np.zeros(n, bool)
-    starts = np.asarray(data.episode_starts, np.int64)
-    ends = np.append(starts[1:], n) - 1
-    last[ends[ends >= starts]] = True
+    last[episode_last_rows(data)] = True
     last[-1] = True
     inner = np.flatnonzero(~last)
     out[inner] = actions[inner + 1]

@@ -26,7 +26,7 @@ from d3rlpy.torch_utility import TorchMiniBatch, map_location
 from kalm_bench.api import Policy, PolicyBatch, TrainContext, TransitionData
 from kalm_bench.errors import UserError
 
-from .sampler import TorchTransitionBatch, TransitionSampler, split_batch
+from .sampler import TorchTransitionBatch, TransitionSampler, episode_last_rows, split_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     from d3rlpy.algos.qlearning.base import QLearningAlgoBase
@@ -244,11 +244,8 @@ def _picked_observation_chunks(parts: list[TransitionData], rows: int = 65536) -
     """The observations of the transitions d3rlpy's picker yields, ``rows`` at a time: every step but the
     last one of an episode that did not end in a terminal (d3rlpy has no next observation there)."""
     for d in parts:
-        n = len(d)
-        starts = np.asarray(d.episode_starts, np.int64)
-        ends = np.append(starts[1:], n) - 1
-        ends = ends[ends >= starts]
-        keep = np.ones(n, bool)
+        ends = episode_last_rows(d)
+        keep = np.ones(len(d), bool)
         keep[ends[np.asarray(d.terminals)[ends] == 0]] = False
         index = np.flatnonzero(keep)
         states, iids = np.asarray(d.states), np.asarray(d.instruction_ids)
@@ -296,8 +293,7 @@ def _fit_scalers(algo: QLearningAlgoBase, data: list[TransitionData], action_kin
     timeouts = np.concatenate([d.timeouts for d in parts]).astype(np.float32)
     offset = 0
     for d in parts:  # every episode must end with a flag for d3rlpy to split episodes the same way
-        starts = np.asarray(d.episode_starts, np.int64)
-        ends = offset + np.append(starts[1:], len(d)) - 1
+        ends = offset + episode_last_rows(d)
         unflagged = ends[(terminals[ends] == 0) & (timeouts[ends] == 0)]
         timeouts[unflagged] = 1.0
         offset += len(d)

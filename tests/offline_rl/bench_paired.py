@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    data = bench.data._get_wrapped_function()()  # the benchmark's module fixture, called directly
+    data = bench.make_data()
     for name in args.names:
         steps, saved = bench.STEPS[name], []
         runs = {"harness": bench._harness_run(name, data, tempfile.mkdtemp(), steps, saved),

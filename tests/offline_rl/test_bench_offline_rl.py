@@ -40,11 +40,18 @@ def _config(key: str):
     name, _, preset = key.partition("@")
     cls = build_registry().get("algorithms", name)
     return cls, cls.make_config(preset or None), KIND.get(name, "continuous")
+
+
 STATE, EMB = 10, 384  # CLEVR state ⊕ minilm embedding
 
 
 @pytest.fixture(scope="module")
 def data():
+    return make_data()
+
+
+def make_data():
+    """Per action kind: (TransitionData, the equivalent d3rlpy MDPDataset, action size)."""
     import d3rlpy
 
     out = {}

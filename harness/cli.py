@@ -58,11 +58,15 @@ def validate(suite_file: str, overrides: tuple[str, ...]) -> None:
                f"{len(plan.stages)} stages ({detail})")
 
 
+DEFAULT_OUTPUT = Path("runs")
+
+
 @cli.command()
 @click.argument("suite_file", type=click.Path(dir_okay=False))
 @OVERRIDE
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
-              help="Results directory [default: results/<suite>].")
+              help=f"Results directory [default: {DEFAULT_OUTPUT}/<suite>; the committed results/ are never "
+                   "written unless named here].")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Artifact cache [default: $KALM_BENCH_CACHE or ~/.cache/kalm-bench].")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
@@ -70,14 +74,23 @@ def validate(suite_file: str, overrides: tuple[str, ...]) -> None:
 @click.option("--executor", default="local", show_default=True, help="Executor plugin (see `kalm-bench ls executors`).")
 @click.option("--rerun-failed", is_flag=True, help="Retry runs whose record says failed.")
 @click.option("--show-config", is_flag=True, help="Print the merged, validated suite and exit.")
-@click.option("--dry-run", is_flag=True, help="List the runs and stages (cached or not) and exit.")
+@click.option("--dry-run", is_flag=True, help="List the runs (done, failed earlier, to run) and the stages the "
+                                               "runs to do need (cached or to build), and exit.")
 @click.option("--format", "fmt", default="md", show_default=True, help="Table format printed at the end.")
+@click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors (no stage or run lines).")
+@click.option("--verbose", "-v", is_flag=True, help="Also log cached stages, and progress every few seconds.")
 def run(suite_file: str, overrides: tuple[str, ...], output: str | None, cache_dir: str | None, jobs: int,
-        executor: str, rerun_failed: bool, show_config: bool, dry_run: bool, fmt: str) -> None:
-    """Run a suite (resumes by default), write one record per run, print the table."""
+        executor: str, rerun_failed: bool, show_config: bool, dry_run: bool, fmt: str, quiet: bool,
+        verbose: bool) -> None:
+    """Run a suite (resumes by default), write one record per run, print the table.
+
+    A line per started and finished stage and per finished run goes to stderr (stdlib logging), so the
+    progress shows in a CI log or a file too.
+    """
     import yaml
 
     from .cache import ArtifactStore
+    from .runner import plan_status, refuse_foreign
 
     plan = _plan(suite_file, overrides)
     suite = plan.loaded.suite
@@ -85,23 +98,52 @@ def run(suite_file: str, overrides: tuple[str, ...], output: str | None, cache_d
         click.echo(yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False), nl=False)
         return
     store = ArtifactStore(cache_dir)
-    out = Path(output) if output else Path("results") / suite.suite
+    out = Path(output) if output else DEFAULT_OUTPUT / suite.suite
     if dry_run:
-        for st in plan.stages.values():
-            state = "cached" if store.done(st.kind, st.key) else "to build"
-            click.echo(f"{st.kind:9s} {st.key[:12]}  {state:8s}  {st.label}")
-        click.echo(f"{len(plan.runs)} runs → {out}")
+        _dry_run(plan, out, store, rerun_failed)
         return
     _registry().get("reporters", fmt, field="--format")
+    refuse_foreign(plan_status(plan, out, rerun_failed), out)  # before any work, not after the first stage
+    _configure_logging(quiet, verbose)
     summary = _execute(plan, out, store, executor, jobs, rerun_failed)
     click.echo(f"\n{summary.ok} ok, {summary.failed} failed, {summary.skipped_ok} already done"
                f"{f', {summary.skipped_failed} failed earlier' if summary.skipped_failed else ''}; "
                f"stages built {summary.stages_built}, reused {summary.stages_cached}; {summary.wall_s:.0f} s → {out}")
     if any(r.get("status") == "ok" for r in summary.records):
-        text = _render_report(out, fmt=fmt, stat=None, reference=None, reference_env=None, write_files=True)
-        click.echo("\n" + text)
+        if summary.ok or summary.failed:  # an invocation that ran nothing leaves the written tables as they are
+            _write_tables(out, fmt)
+        click.echo("\n" + _render_report(out, fmt=fmt, stat=None, reference=None, reference_env=None))
     if summary.failed or summary.skipped_failed:
         sys.exit(1)
+
+
+def _configure_logging(quiet: bool, verbose: bool) -> None:
+    from .logs import configure
+
+    if quiet and verbose:
+        raise UserError("--quiet and --verbose exclude each other", field="--quiet")
+    configure(-1 if quiet else 1 if verbose else 0)
+
+
+def _dry_run(plan, out: Path, store, rerun_failed: bool) -> None:
+    from .runner import plan_status
+
+    status = plan_status(plan, out, rerun_failed)
+    state = {r.run_id: "done" for r in status.done}
+    state.update({r.run_id: "failed earlier (--rerun-failed retries it)" for r in status.failed_earlier})
+    click.echo(f"runs ({len(plan.runs)}) → {out}")
+    for r in plan.runs:
+        click.echo(f"  {state.get(r.run_id, 'to run'):12s} {r.describe()}")
+    needed = {key for r in status.todo for key in r.stages.values()}
+    click.echo(f"stages the runs to do need ({len(needed)} of {len(plan.stages)})")
+    for st in plan.stages.values():
+        if st.key in needed:
+            click.echo(f"  {'cached' if store.done(st.kind, st.key) else 'to build':8s} {st.kind:9s} "
+                       f"{st.key[:12]}  {st.label}")
+    click.echo(f"{len(status.done)} done, {len(status.failed_earlier)} failed earlier, {len(status.todo)} to run")
+    if status.foreign:
+        click.echo(f"warning: {out} holds {len(status.foreign)} finished run(s) not in this plan: a run there "
+                   "is refused; choose another --output", err=True)
 
 
 def _execute(plan, out: Path, store, executor: str, jobs: int, rerun_failed: bool):
@@ -122,13 +164,22 @@ def _execute(plan, out: Path, store, executor: str, jobs: int, rerun_failed: boo
             return update
 
         runner = Runner(plan, out, store, executor=executor, jobs=jobs, rerun_failed=rerun_failed,
-                        reporter=lambda msg: console.print(msg, highlight=False, markup=False),
-                        progress_factory=factory)
+                        progress_factory=factory if console.is_terminal else None)
         return runner.run()
 
 
+def _write_tables(results: Path, fmt: str) -> None:
+    """``table.md`` and ``table.csv`` (and ``table.<ext>`` of ``fmt``), each with every table of ``report``."""
+    from .cache import atomic_write_text
+
+    for name in dict.fromkeys(("md", "csv", fmt)):
+        reporter = _registry().get("reporters", name, field="--format")
+        text = _render_report(results, fmt=name, stat=None, reference=None, reference_env=None)
+        atomic_write_text(results / f"table.{reporter.extension}", text)
+
+
 def _render_report(results: Path, fmt: str, stat: str | None, reference: str | None, reference_env: str | None,
-                   write_files: bool = False, title: str | None = None) -> str:
+                   title: str | None = None) -> str:
     from .records import load_records
     from .report import (build_comparison_table, build_diagnostics_table, build_gain_table, build_table,
                          build_timing_table, provenance_lines)
@@ -175,14 +226,7 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
         prov = provenance_lines(records, timings)
         if prov:
             parts.append("Provenance:\n\n" + "\n".join(prov) + "\n")
-    text = "\n".join(parts)
-    if write_files and results.is_dir():
-        from .cache import atomic_write_text
-
-        atomic_write_text(results / f"table.{reporter.extension}", text)
-        csv = _registry().get("reporters", "csv")().render(table)
-        atomic_write_text(results / "table.csv", csv)
-    return text
+    return "\n".join(parts)
 
 
 @cli.command()
@@ -241,7 +285,8 @@ def _reference_for(results: Path, reference: str | None, reference_env: str | No
     if plan_file and plan_file.is_file():
         plan = json.loads(plan_file.read_text())
         cfg = plan.get("config", {}).get("report", {}) or {}
-        suite_file = Path(plan.get("suite_file", "."))
+        # Written relative to the results directory (older results hold an absolute path, which `/` keeps).
+        suite_file = results / plan.get("suite_file", ".")
     ref_path = reference or cfg.get("reference")
     if not ref_path:
         return None, None

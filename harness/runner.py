@@ -8,6 +8,7 @@ depend on it; the suite goes on and the failure is recorded.
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 import uuid
@@ -23,6 +24,7 @@ import numpy as np
 from . import __version__
 from .cache import ArtifactStore, atomic_write_text
 from .errors import UserError
+from .logs import configure_worker, log, progress_logger
 from .plan import Plan, Run, Stage
 from .plugins import get_registry
 from .records import SCHEMA_VERSION, git_sha, load_records, machine, write_jsonl, write_record
@@ -30,6 +32,42 @@ from .stages import StageResult, run_stage, versions
 
 UPSTREAM_KINDS = ("dataset", "grounding", "rollouts")
 REFERENCE_COPY = "reference.csv"
+
+
+@dataclass
+class PlanStatus:
+    """What a run of ``plan`` into a results directory would do with each run, before it starts."""
+
+    done: list[Run] = field(default_factory=list)
+    failed_earlier: list[Run] = field(default_factory=list)
+    todo: list[Run] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)  # finished runs recorded there that this plan does not have
+
+
+def plan_status(plan: Plan, output: Path, rerun_failed: bool = False) -> PlanStatus:
+    existing = ({r["run_id"]: r for r in load_records(output, current_only=False)}
+                if (Path(output) / "records").is_dir() else {})
+    status = PlanStatus()
+    for run in plan.runs:
+        state = (existing.get(run.run_id) or {}).get("status")
+        if state == "ok":
+            status.done.append(run)
+        elif state == "failed" and not rerun_failed:
+            status.failed_earlier.append(run)
+        else:
+            status.todo.append(run)
+    # Failed records of runs no longer planned (a config fixed after a failure) hold no result to hide.
+    planned = {r.run_id for r in plan.runs}
+    status.foreign = sorted(k for k, r in existing.items() if k not in planned and r.get("status") == "ok")
+    return status
+
+
+def refuse_foreign(status: PlanStatus, output: Path) -> None:
+    """A results directory holds one plan's records: a run may add runs to it, never hide any."""
+    if status.foreign:
+        raise UserError(f"holds {len(status.foreign)} finished run(s) that are not in this plan (another suite "
+                        "or other settings); running here would rewrite its plan, tables and timings. Choose "
+                        "another output directory", file=output, field="--output")
 
 
 @dataclass
@@ -57,8 +95,18 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc} [{where}]"
 
 
+def _named(stage: Stage) -> str:
+    label = stage.label.removeprefix(f"{stage.kind} ")  # eval labels already start with their kind
+    return f"{stage.kind:9s} {label}"
+
+
 def execute_chain(payload: dict[str, Any]) -> list[StageResult]:
-    """Worker entry point: build stages in order; after a failure the rest fail as its dependents."""
+    """Worker entry point: build stages in order; after a failure the rest fail as its dependents.
+
+    Each stage logs a line when it starts and when it ends (kind, label, seconds), from the process that
+    builds it, so the lines appear as the work happens whichever executor runs the chain.
+    """
+    configure_worker()
     store = ArtifactStore(payload["root"])
     progress = payload.get("progress")
     results: list[StageResult] = []
@@ -68,12 +116,21 @@ def execute_chain(payload: dict[str, Any]) -> list[StageResult]:
             results.append(StageResult(stage.key, stage.kind, False, False, f"upstream stage failed: {failed}"))
             continue
         was_done = store.done(stage.kind, stage.key)
+        if not was_done:
+            log.info("start  %s", _named(stage))
         t0 = time.time()
         try:
-            run_stage(stage, store, progress(stage) if progress else None)
-            results.append(StageResult(stage.key, stage.kind, True, not was_done, wall_s=time.time() - t0))
+            run_stage(stage, store, progress(stage) if progress else progress_logger(stage.label))
+            wall = time.time() - t0
+            if was_done:
+                log.debug("cached %s", _named(stage))
+            else:
+                log.info("built  %s in %.1f s", _named(stage), wall)
+            results.append(StageResult(stage.key, stage.kind, True, not was_done, wall_s=wall))
         except Exception as exc:  # recorded, never fatal for the suite
             failed = f"{stage.label}: {_error_text(exc)}"
+            log.warning("FAILED %s after %.1f s: %s", _named(stage), time.time() - t0,
+                        _error_text(exc))
             results.append(StageResult(stage.key, stage.kind, False, False, _error_text(exc),
                                        wall_s=time.time() - t0))
     return results
@@ -81,15 +138,13 @@ def execute_chain(payload: dict[str, Any]) -> list[StageResult]:
 
 class Runner:
     def __init__(self, plan: Plan, output: Path, store: ArtifactStore, executor: str = "local", jobs: int = 1,
-                 rerun_failed: bool = False, reporter: Callable[[str], None] | None = None,
-                 progress_factory: Callable[[Stage], Callable[[int, int], None]] | None = None):
+                 rerun_failed: bool = False, progress_factory: Callable[[Stage], Callable[[int, int], None]] | None = None):
         self.plan = plan
         self.output = Path(output)
         self.store = store
         self.executor = get_registry().get("executors", executor, field="--executor")()
         self.jobs = max(1, int(jobs))
         self.rerun_failed = rerun_failed
-        self.say = reporter or (lambda msg: None)
         self.progress_factory = progress_factory
         self.stage_errors: dict[str, str] = {}
         self.started_at = _now()
@@ -100,11 +155,6 @@ class Runner:
         self.machine = machine()
 
     # -- bookkeeping ------------------------------------------------------------------------------------
-    def _existing(self) -> dict[str, dict[str, Any]]:
-        if not (self.output / "records").is_dir():
-            return {}
-        return {r["run_id"]: r for r in load_records(self.output, current_only=False)}
-
     def _write_plan(self) -> None:
         s = self.plan.loaded.suite
         if s.report.reference:
@@ -112,33 +162,36 @@ class Runner:
             ref = self.plan.loaded.resolve(s.report.reference)
             if ref.is_file():
                 atomic_write_text(self.output / REFERENCE_COPY, ref.read_text())
+        # Relative to the results directory, so a plan names no path of the machine that ran it.
+        suite_file = os.path.relpath(Path(self.plan.loaded.path).resolve(), self.output.resolve())
         atomic_write_text(self.output / "plan.json", json.dumps({
-            "suite": s.suite, "suite_version": s.version, "suite_file": str(self.plan.loaded.path),
+            "suite": s.suite, "suite_version": s.version, "suite_file": suite_file,
             "config": self.plan.loaded.merged, "run_ids": [r.run_id for r in self.plan.runs],
             "planned_at": _now()}, indent=2, sort_keys=True, default=str))
 
     # -- execution --------------------------------------------------------------------------------------
     def run(self) -> RunSummary:
         t0 = self._t0 = time.time()
+        status = plan_status(self.plan, self.output, self.rerun_failed)
+        refuse_foreign(status, self.output)
+        summary = RunSummary(planned=len(self.plan.runs), skipped_ok=len(status.done),
+                             skipped_failed=len(status.failed_earlier))
+        todo = status.todo
+        if summary.skipped_ok or summary.skipped_failed:
+            log.info(f"resuming: {summary.skipped_ok} run(s) already done, {summary.skipped_failed} failed earlier"
+                     + (" (use --rerun-failed to retry them)" if summary.skipped_failed else ""))
+        if not todo and (self.output / "plan.json").is_file():
+            # Nothing to run: what is there (plan, timings, records.jsonl, tables) stays as it was written.
+            summary.records = load_records(self.output, current_only=True)
+            summary.wall_s = time.time() - t0
+            return summary
         self.output.mkdir(parents=True, exist_ok=True)
         self._write_plan()
-        summary = RunSummary(planned=len(self.plan.runs))
-        existing = self._existing()
-        todo: list[Run] = []
-        for run in self.plan.runs:
-            rec = existing.get(run.run_id)
-            if rec and rec.get("status") == "ok":
-                summary.skipped_ok += 1
-            elif rec and rec.get("status") == "failed" and not self.rerun_failed:
-                summary.skipped_failed += 1
-            else:
-                todo.append(run)
-        if summary.skipped_ok or summary.skipped_failed:
-            self.say(f"resuming: {summary.skipped_ok} run(s) already done, {summary.skipped_failed} failed earlier"
-                     + (" (use --rerun-failed to retry them)" if summary.skipped_failed else ""))
+        needed = {key for run in todo for key in run.stages.values()}
+        log.info("%d run(s) to do over %d stage(s), %d of them not in the cache yet", len(todo), len(needed),
+                 sum(not self.store.done(self.plan.stages[k].kind, k) for k in needed))
 
         # Phase 1: shared upstream stages, kind by kind (each kind's stages are independent).
-        needed = {key for run in todo for key in run.stages.values()}
         for kind in UPSTREAM_KINDS:
             stages = [s for s in self.plan.stages_of(kind) if s.key in needed]
             ready = []
@@ -191,7 +244,6 @@ class Runner:
                     summary.stages_cached += int(not res.built)
                 else:
                     self.stage_errors[res.key] = res.error or "failed"
-                    self.say(f"stage failed: {res.error}")
             on_done(results)
 
     def _write_timings(self, summary: RunSummary, finished: bool) -> None:
@@ -203,31 +255,35 @@ class Runner:
         """
         path = self.output / "timings.json"
         try:
-            invocations = json.loads(path.read_text()).get("invocations", []) if path.is_file() else []
-        except (json.JSONDecodeError, AttributeError):
-            invocations = []  # a damaged timings file must not stop a finished suite from reporting
+            previous = json.loads(path.read_text()) if path.is_file() else {}
+            invocations = list(previous.get("invocations", []))
+            earlier = {st.get("key"): st.get("wall_s") for st in previous.get("stages", []) if isinstance(st, dict)}
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            invocations, earlier = [], {}  # a damaged timings file must not stop a finished suite from reporting
         invocations = [i for i in invocations if i.get("id") != self.invocation_id]
         invocations.append({"id": self.invocation_id, "started_at": self.started_at,
                             "wall_s": round(time.time() - self._t0, 3), "finished": finished, "jobs": self.jobs,
                             "executor": self.executor.name, "runs_done": summary.ok, "runs_failed": summary.failed,
                             "stages_built": summary.stages_built, "stages_cached": summary.stages_cached,
                             "machine": self.machine, "git_sha": self.git_sha})
+        # A stage built into another cache (the results came from elsewhere) keeps the time recorded then.
         stages = []
         for st in self.plan.stages.values():
-            wall = self.store.manifest(st.kind, st.key).get("wall_s") if self.store.done(st.kind, st.key) else None
+            wall = (self.store.manifest(st.kind, st.key).get("wall_s") if self.store.done(st.kind, st.key)
+                    else earlier.get(st.key))
             stages.append({"kind": st.kind, "label": st.label, "key": st.key, "wall_s": wall})
         atomic_write_text(path, json.dumps({"invocations": invocations, "stages": stages}, indent=2))
 
     def _finish(self, run: Run, summary: RunSummary, error: str | None) -> None:
         record = self.make_record(run, error)
         write_record(self.output, record)
-        if error is None:
+        if record["status"] == "ok":
             summary.ok += 1
+            log.info("run ok: %s: success %.3f", run.describe(), record["success_rate"])
         else:
             summary.failed += 1
+            log.warning("run FAILED: %s: %s", run.describe(), record["error"])
         self._write_timings(summary, finished=False)
-        self.say(f"{'ok' if error is None else 'FAILED'}: {run.describe()}"
-                 + (f" success {record['success_rate']:.3f}" if error is None else f": {error}"))
 
     def make_record(self, run: Run, error: str | None) -> dict[str, Any]:
         s = self.plan.loaded.suite

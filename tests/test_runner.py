@@ -177,7 +177,10 @@ def test_timings_and_comparison_tables_in_the_report(core_env, suite_file):
     kinds = {s["kind"] for s in timings["stages"]}
     assert kinds == {"dataset", "grounding", "rollouts", "train", "eval"}
     assert all(s["wall_s"] is not None and s["wall_s"] >= 0 for s in timings["stages"])
-    _run(suite_file, core_env / "a")  # a resumed invocation is added, stage times stay
+    _run(suite_file, core_env / "a")  # an invocation that runs nothing leaves the timings as they were
+    assert json.loads((core_env / "a" / "timings.json").read_text()) == timings
+    sorted((core_env / "a" / "records").glob("*.json"))[0].unlink()
+    _run(suite_file, core_env / "a")  # a resumed invocation that redoes a run is added, stage times stay
     assert len(json.loads((core_env / "a" / "timings.json").read_text())["invocations"]) == 2
     out = run_cli("report", str(core_env / "a"), check=True).stdout
     comp = out.split("Fig. X: tabular-bc vs its KALM variant")[1].split("\n\n")[1]

@@ -1,4 +1,4 @@
-"""LLM backends, grounding tasks and KALM's imaginary rollouts (issue 5).
+"""LLM backends, grounding tasks and KALM's imaginary rollouts.
 
 Registers the backends ``embedded`` (default), ``smollm2`` and ``hf-local`` and the grounding tasks
 ``dynamics``, ``explanation``, ``generation`` and ``consequence``. Only light modules are imported here.

@@ -1,6 +1,6 @@
 """KALM's Meta-world task lists, goal levels and the 91-d entity-slot layout (no heavy imports).
 
-Facts from ``shared/docs/metaworld.md`` §2–§3: four levels (seen 10 / rephrase 10 / easy 8 / hard 4), one
+As in KALM's Meta-world setting: four levels (seen 10 / rephrase 10 / easy 8 / hard 4), one
 fixed 7-d slot (position + quaternion) per entity kind, the gripper (hand xyz + opening) and the goal
 position up front. A task's first Meta-world object goes into the slot of its first entity, the second
 object into its second entity's slot; every other slot is zero.

@@ -119,7 +119,11 @@ def test_example_plugin_package_installs_and_runs_through_a_suite(core_env, tmp_
     assert infos["knn"]["version"] == "0.1.0"
     assert infos["knn"]["registered"] == {"algorithms": ["knn-bc"]}
     suite = tmp_path / "knn.yaml"
-    suite.write_text("suite: knn\nenv: {name: line-world}\ndata: {episodes: 150}\nencoder: {name: hash}\n"
+    # hash size 36: the ten target digits land in distinct buckets. With the default 16, targets 2/4/6 and 3/7
+    # get identical embeddings, 1-NN then breaks exact distance ties between different actions, and numpy's
+    # argsort orders ties differently per SIMD dispatch (AVX-512: 0.6, AVX2: 0.9 on the same data).
+    suite.write_text("suite: knn\nenv: {name: line-world}\ndata: {episodes: 150}\n"
+                     "encoder: {name: hash, config: {size: 36}}\n"
                      "algorithms: [{name: knn-bc, config: {k: 1}}]\nseeds: [0]\n"
                      "train: {steps: 2, checkpoint_every: 1}\n")
     proc = run_cli("run", str(suite), "-o", str(tmp_path / "res"), env=env)
@@ -128,4 +132,7 @@ def test_example_plugin_package_installs_and_runs_through_a_suite(core_env, tmp_
     assert rec["algorithm"] == "knn-bc" and rec["status"] == "ok"
     seen = [json.loads(line) for line in (tmp_path / "res" / "records.jsonl").read_text().splitlines()
             if json.loads(line)["level"] == "seen"][0]
-    assert seen["success_rate"] > 0.6  # 1-NN on expert data; a random walk mostly fails
+    # measured 1.0 here under both AVX-512 and AVX2 dispatch and under any tie order (ties then only join points
+    # with the same expert action; all distances are exact small integers). A uniform random policy on these 20
+    # cases scores 0.38 on average (0.60 at most over 300 draws), so 0.8 fails a policy no better than chance.
+    assert seen["success_rate"] >= 0.8

@@ -14,7 +14,7 @@ class KNNPolicy(Policy):
     def act(self, batch):
         x = batch.observations
         dist = (x**2).sum(1)[:, None] - 2 * x @ self.obs.T + (self.obs**2).sum(1)[None]
-        acts = self.actions[np.argsort(dist, axis=1)[:, : self.k]]
+        acts = self.actions[np.argsort(dist, axis=1, kind="stable")[:, : self.k]]  # ties: data order, on any CPU
         if self.discrete:
             return np.array([np.bincount(a).argmax() for a in acts])
         return acts.mean(axis=1)

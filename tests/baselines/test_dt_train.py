@@ -219,7 +219,9 @@ def test_batched_act_equals_d3rlpy_predict_per_episode(registry, tmp_path, name,
                                 timesteps=np.arange(lo, t + 1) + 1)
         out = ref.predict(inpt)
         if kind == "discrete":
-            assert ours[i] == int(np.argmax(out)), i
+            # a greedy action of d3rlpy's logits up to rounding between the two paths (measured here: bit-equal
+            # logits, smallest top-2 gap 0.012; another CPU's kernels may round the two paths apart)
+            assert out[ours[i]] >= out.max() - 1e-5, (i, ours[i], out)
         else:
             np.testing.assert_allclose(ours[i], out, rtol=1e-4, atol=1e-5)
 
@@ -290,4 +292,5 @@ def test_continuous_dt_imitates_a_state_dependent_expert(registry, tmp_path):
     target = np.tanh(batch.observations @ w)
     err = {s: float(np.mean((algo.load_policy(saved[s], ctx).act(batch) - target) ** 2)) for s in saved}
     baseline = float(np.mean(target ** 2))  # always acting 0
-    assert err[100] < 0.1 * baseline, (err, baseline)  # measured: 0.002 vs 0.58
+    # measured 0.0013 vs 0.58 (AVX-512 and AVX2): the threshold, 0.058, sits 40x above the error
+    assert err[100] < 0.1 * baseline, (err, baseline)

@@ -149,6 +149,16 @@ def _keep_policies(ctx):
     return kept
 
 
+def _logits(policy, batch, chunk=None):
+    """The discrete action logits :meth:`LLMDTPolicy.act` takes the argmax of (one pass, or chunks of rows)."""
+    windows = [torch.from_numpy(a) for a in policy._windows(batch)]
+    net, n = policy.net, len(windows[0])
+    step = chunk or n
+    with torch.no_grad():
+        return torch.cat([policy._tokens(net, *(w[i:i + step] for w in windows))[:, -1].float()
+                          for i in range(0, n, step)]).numpy()
+
+
 def _clevr_batch(ds, rng, n=6):
     """Mid-episode windows of real CLEVR episodes (different lengths, some shorter than the context)."""
     eps = list(ds.episodes())
@@ -175,7 +185,9 @@ def test_training_lowers_the_loss_and_the_policy_reloads_identically(embedded, c
     algo.train(ctx)
     assert sorted(saved) == [75, 150] and progress[-1] == (150, 150)
     losses = [v for _, v in logs]
-    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses  # measured: 3.7 → 2.3
+    # measured 3.70 → 2.36 (AVX-512 and AVX2 alike); 3.69 = ln 40 is a uniform guess over the 40 actions, so
+    # the threshold (2.96) needs real learning and sits 0.6 above the measured end
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
     meta = json.loads((saved[150] / "policy.json").read_text())
     assert meta["backbone_mode"] == "full" and meta["backend"] == "embedded" and meta["hidden_size"] == 32
     # The trained backbone is saved (it is small) and differs from the grounded one.
@@ -196,8 +208,15 @@ def test_training_lowers_the_loss_and_the_policy_reloads_identically(embedded, c
     again = loaded.act(batch)
     assert again.dtype == np.int64 and again.shape == (6,) and ((0 <= again) & (again < 40)).all()
     np.testing.assert_array_equal(again, live)
-    loaded.act_batch_size = 4  # chunked forward passes pick the same actions
-    np.testing.assert_array_equal(loaded.act(batch), live)
+    # Chunked forward passes pick the same actions, up to float rounding: batches of 4 + 2 may take other
+    # kernels than one of 6 (measured: logits bit-equal under AVX-512, 1.8e-7 apart under AVX2; smallest
+    # top-2 gap 0.084), so the chunked actions are checked against the whole batch's logits.
+    loaded.act_batch_size = 4
+    chunked = loaded.act(batch)
+    logits = _logits(loaded, batch)
+    np.testing.assert_array_equal(logits.argmax(-1), live)  # the very forward pass act() makes
+    np.testing.assert_allclose(_logits(loaded, batch, 4), logits, rtol=0, atol=1e-5)
+    assert (logits[np.arange(len(chunked)), chunked] >= logits.max(-1) - 1e-5).all(), (chunked, logits)
     # A whole evaluation runs on the batched evaluator.
     res = env.evaluate(loaded, "seen", env.test_cases("seen", 8, 0), 0, embed=encoder.encode)
     assert len(res.success) == 8 and (res.lengths >= 1).all()

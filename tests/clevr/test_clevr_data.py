@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kalm_bench.datasets import TrajectoryDataset
+from kalm_bench.datasets import TrajectoryDataset, sha256_file
 from kalm_bench.errors import UserError
 from kalm_bench_plugins.clevr import data as D
 from kalm_bench_plugins.clevr import goals as G
@@ -63,7 +63,8 @@ def test_expert_reaches_seen_goals():
 
 def test_expert_with_noise_still_succeeds():
     ds = ClevrRobot({"expert_epsilon": 0.2}).generate_dataset(20, seed=5)
-    assert ds.attrs["epsilon"] == 0.2 and ds.success.mean() >= 0.9
+    # measured 20/20; 0.8 leaves four episodes of margin and still fails a broken expert
+    assert ds.attrs["epsilon"] == 0.2 and ds.success.mean() >= 0.8
 
 
 def test_generated_dataset_replays_exactly(small_ds, tmp_path):
@@ -92,10 +93,16 @@ def test_import_needs_trust_flag_and_checks_input(kalm_npy, tmp_path):
         D.import_kalm_dataset(missing, trust_pickle=True)
 
 
-def test_import_kalm_dataset(kalm_dataset):
+def test_import_kalm_dataset(kalm_dataset, kalm_npy, monkeypatch):
     ds = kalm_dataset
     assert ds.n_episodes == 80 and ds.n_transitions == 898 and ds.success.all()
-    assert ds.attrs["known_release"] is True
+    # The fixture re-pickles the shipped copy of the release, so the file's bytes (and sha256) differ from
+    # the released file's even though the arrays are the same: not recognised as the release, unless its
+    # digest is the one the importer knows.
+    assert ds.attrs["source_sha256"] == sha256_file(kalm_npy) != D.KALM_DATASET_SHA256
+    assert ds.attrs["known_release"] is False
+    monkeypatch.setattr(D, "KALM_DATASET_SHA256", sha256_file(kalm_npy))
+    assert D.import_kalm_dataset(kalm_npy, trust_pickle=True).attrs["known_release"] is True
     assert len({g for g in ds.goals.tolist()}) == 80
     first = ds.episode(0)
     assert first.goal == {"type": "pair", "src": 3, "dst": 4, "dir": "behind"}

@@ -86,7 +86,7 @@ def test_reset_with_only_initial_state_draws_a_goal():
 
 
 def test_stale_scene_reproduces_kalm_first_push_statistics():
-    # docs/clevr-robot.md §5.5: with KALM's stale scene graph the pushed ball moves > 5 cm on the first
+    # With KALM's stale scene graph the pushed ball moves > 5 cm on the first
     # action in about 40 % of evaluation episodes, against about 99 % with the scene refreshed.
     plugin = ClevrRobot()
     cases = plugin.test_cases("seen", 60, seed=1)
@@ -103,4 +103,6 @@ def test_stale_scene_reproduces_kalm_first_push_statistics():
             ball = a // 8
             moved += np.hypot(*(after[2 * ball: 2 * ball + 2] - before[2 * ball: 2 * ball + 2])) > 0.05
         rates[stale] = moved / len(cases)
-    assert rates[False] >= 0.9 and rates[True] <= 0.7
+    # measured 56/60 = 0.93 refreshed and 20/60 = 0.33 stale; no pushed ball stops within 1.3 mm of the 5 cm
+    # line, so CPU rounding in the physics cannot move a count, and the thresholds leave 8 and 22 episodes
+    assert rates[False] >= 0.8 and rates[True] <= 0.7

@@ -51,7 +51,7 @@ def test_push_moves_target_ball_as_documented():
     start = np.array([-0.3, 0.0, 0.3, 0.3, 0.0, 0.45, -0.35, 0.45, 0.35, -0.1])
     sim.reset(start)
     after = sim.step(8 * 0 + 0)  # red, +x
-    assert after[0] - start[0] == pytest.approx(0.2504, abs=2e-3)  # fresh cardinal push (docs §3.3)
+    assert after[0] - start[0] == pytest.approx(0.2504, abs=2e-3)  # fresh cardinal push on physics that replays KALM's data
     assert abs(after[1] - start[1]) < 5e-3
     state = sim.get_state()
     a1 = sim.step(1)
@@ -78,7 +78,9 @@ def test_replay_kalm_dataset_fidelity(kalm_dataset):
     assert s["episodes"] == 80
     assert s["replay_reaches_goal"] == 80 and s["successes_reproduced"] == 80
     assert s["median_error"] <= 1e-4
-    assert s["episodes_within_tolerance"] >= 78  # two diverge late from float32-rounded starts (docs §5.3)
+    # Two episodes diverge late from float32-rounded starts (errors 0.27 and 0.054); the next worst is
+    # 4.7e-6, 21x under the 1e-4 tolerance. Two more episodes of margin for other CPUs' float rounding.
+    assert s["episodes_within_tolerance"] >= 76
     assert report.ok
 
 
@@ -90,6 +92,6 @@ def test_unpatched_modern_mujoco_does_not_reproduce_data(kalm_dataset):
 def test_built_in_self_check_passes():
     P.get_model()
     info = P.model_info()
-    assert info["self_check_error"] < 1e-6
+    assert info["self_check_error"] < 1e-5  # measured 1.55e-7; unpatched it is 0.056
     # Without the compatibility patches the same check fails by centimetres.
     assert P.self_check(P.get_model(patch=False, patch_margin=False)) > 1e-3

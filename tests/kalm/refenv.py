@@ -1,22 +1,20 @@
-"""A CLEVR stand-in built on KALM's released files, so these tests need no simulator.
+"""A CLEVR stand-in built on KALM's released files, so these tests need no simulator. The files ship
+pickle-free in ``tests/data/kalm/``; ``tests/kalm/conftest.py`` writes them back as ``.npy`` for the loaders.
 
-Success is KALM's pair check (kalm-method.md §2.1) on 6-number goals; rewards follow the real data's
+Success is KALM's pair check (direction sector and distance < 0.39 between the two balls) on 6-number
+goals; rewards follow the real data's
 offset-distance formula. ``make`` is not available (no physics here).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from kalm_bench.api import Environment, RolloutLabels, StrictConfig
 
-REF = Path("/work/shared/reference/kalm")
-DATA = REF / "clevr_robot.npy"
-PROMPTS = REF / "clevr_rephrase_prompt.npy"
 _OFFSET = {0: (0.0, 0.195), 1: (-0.195, 0.0), 2: (0.0, -0.195), 3: (0.195, 0.0)}
 _SECTOR = {0: (45, 135), 1: (135, 225), 2: (225, 315), 3: (315, 405)}
 

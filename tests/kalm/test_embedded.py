@@ -31,7 +31,8 @@ def test_ground_writes_a_loadable_artifact(grounded):
     assert (wd / "model.pt").is_file() and (wd / "normalizers.npz").is_file()
     first, last = meta["history"][0], meta["history"][-1]
     assert set(last) == {"state", "action", "explain", "done", "reward"}
-    assert last["state"] < first["state"]  # it learns
+    # it learns: measured 0.985 -> 0.907 (AVX-512 and AVX2 kernels); predicting the mean state gives ~1.0
+    assert last["state"] < 0.97 * first["state"]
 
 
 def test_grounding_is_deterministic_per_seed(ref_dataset, ref_env, tmp_path):
@@ -78,6 +79,9 @@ def test_kv_cache_generation_matches_full_recomputation(grounded, ref_env):
     stop = lambda i, s, a, d: len(a) >= 2 + i  # noqa: E731 - rollouts end at different steps (compaction)
     fast = eng.generate(insts, s0, 10, stop, batch_size=4, use_cache=True)
     slow = eng.generate(insts, s0, 10, stop, batch_size=1, use_cache=False)
+    # Two numeric paths (batched + KV cache vs one row recomputed): states and done probabilities differ by
+    # <= 1.2e-7 here, while the smallest gap between the best and second-best action logit is 0.007, so the
+    # greedy actions agree on any CPU whose rounding differs by far less than that gap.
     for f, s in zip(fast, slow):
         np.testing.assert_array_equal(f.actions, s.actions)
         np.testing.assert_allclose(f.states, s.states, atol=1e-4)
@@ -136,11 +140,10 @@ def test_bad_inputs_give_one_clear_error(grounded, ref_env, tmp_path):
         be.imagine(ImagineContext(tmp_path, ref_env, "rephrase", [], 0, "oracle"))
 
 
-def test_reference_loader_needs_trust(tmp_path):
+def test_reference_loader_needs_trust(tmp_path, ref_npy):
     from kalm_bench_plugins.kalm.reference import load_clevr_dataset
-    from refenv import DATA
 
     with pytest.raises(UserError, match="trust_pickle"):
-        load_clevr_dataset(DATA)
+        load_clevr_dataset(ref_npy)
     with pytest.raises(UserError, match="file not found"):
         load_clevr_dataset(tmp_path / "nope.npy", trust_pickle=True)

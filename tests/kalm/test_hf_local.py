@@ -111,9 +111,12 @@ def test_kv_cache_rollouts_match_a_full_forward_pass(lora_model, ref_env):
             nm = eng.model.numeric
             state_pos = [j for j, k in enumerate(item["kind"]) if k == STATE]
             pred_s = eng.norms.state.decode(nm.state_out(h[0, [p - 1 for p in state_pos[1:]]]).numpy())
-            pred_a = nm.action_out(h[0, state_pos[:-1]]).argmax(-1).numpy()
+            logits = nm.action_out(h[0, state_pos[:-1]]).numpy()
+        # measured here (AVX-512 and AVX2): states within 3e-8, actions the argmax with top-2 gaps >= 0.017;
+        # the tolerances leave room for other kernels' rounding (a near-tie may go either way)
         np.testing.assert_allclose(pred_s, r.states[1:], atol=1e-3)
-        np.testing.assert_array_equal(pred_a, r.actions)
+        picked = logits[np.arange(len(r.actions)), r.actions]
+        assert (picked >= logits.max(-1) - 1e-5).all(), (r.actions, logits.argmax(-1))
 
 
 def test_full_finetuning_saves_the_whole_model(llama_dir, small_dataset, ref_env, tmp_path):

@@ -1,14 +1,18 @@
 """`kalm-bench metaworld ...` commands."""
 
-import os
-
 import click
 import pytest
 from click.testing import CliRunner
 
 from kalm_bench.datasets import TrajectoryDataset
 
-KALM_NPY = "/work/shared/reference/kalm/meta_world.npy"
+import kalm_reference
+
+
+@pytest.fixture()
+def kalm_npy(tmp_path):
+    """KALM's released meta_world.npy (pickled), written from the shipped pickle-free copy."""
+    return str(kalm_reference.write_npy("meta_world", tmp_path / "release"))
 
 
 @pytest.fixture()
@@ -23,13 +27,12 @@ def cli():
     return root
 
 
-@pytest.mark.skipif(not os.path.exists(KALM_NPY), reason="KALM reference data not present")
-def test_import_command(cli, tmp_path):
+def test_import_command(cli, tmp_path, kalm_npy):
     runner = CliRunner()
     out = tmp_path / "kalm"
-    res = runner.invoke(cli, ["metaworld", "import", KALM_NPY, "--out", str(out)])
+    res = runner.invoke(cli, ["metaworld", "import", kalm_npy, "--out", str(out)])
     assert res.exit_code != 0 and "trust" in str(res.exception)
-    res = runner.invoke(cli, ["metaworld", "import", KALM_NPY, "--trust-pickle", "--out", str(out)])
+    res = runner.invoke(cli, ["metaworld", "import", kalm_npy, "--trust-pickle", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert TrajectoryDataset.load(out).n_episodes == 10
 

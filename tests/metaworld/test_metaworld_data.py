@@ -1,7 +1,6 @@
 """Offline data: scripted generation, KALM import, oracle labels, consumption by d3rlpy."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -12,9 +11,13 @@ from kalm_bench_plugins.metaworld import tasks
 from kalm_bench_plugins.metaworld.data import import_kalm_npy
 from kalm_bench_plugins.metaworld.oracle import label, success_flags
 
-KALM_NPY = "/work/shared/reference/kalm/meta_world.npy"
+import kalm_reference
 
-needs_kalm = pytest.mark.skipif(not os.path.exists(KALM_NPY), reason="KALM reference data not present")
+
+@pytest.fixture(scope="module")
+def kalm_npy(tmp_path_factory):
+    """KALM's released meta_world.npy (pickled), written from the shipped pickle-free copy."""
+    return kalm_reference.write_npy("meta_world", tmp_path_factory.mktemp("kalm-mw"))
 
 
 def test_generated_dataset_format(small_dataset, tmp_path):
@@ -60,11 +63,10 @@ def test_oracle_agrees_with_the_simulator_on_generated_data(small_dataset, mw_en
             assert labels.end == len(ep.actions) and labels.rewards[-1] == 10.0
 
 
-@needs_kalm
-def test_import_kalm_meta_world_npy(tmp_path):
+def test_import_kalm_meta_world_npy(kalm_npy):
     with pytest.raises(UserError, match="trust_pickle"):
-        import_kalm_npy(KALM_NPY)
-    ds = import_kalm_npy(KALM_NPY, trust_pickle=True)
+        import_kalm_npy(kalm_npy)
+    ds = import_kalm_npy(kalm_npy, trust_pickle=True)
     assert ds.n_episodes == 10 and ds.state_dim == 91
     assert list(ds.lengths) == [31, 35, 43, 40, 29, 69, 61, 44, 36, 28]
     assert [json.loads(g)["task"] for g in ds.goals] == list(tasks.SEEN_TASKS)
@@ -137,7 +139,8 @@ def test_d3rlpy_bc_trains_on_generated_data(small_dataset):
                      logger_adapter=d3rlpy.logging.NoopAdapterFactory())
     loss = metrics[-1][1]["loss"]
     after = np.mean((bc.predict(obs[:256]) - ds.actions[:256]) ** 2)
-    assert np.isfinite(loss) and after < before
+    # measured MSE 0.33 -> 0.15 (AVX2 kernels: 0.29 -> 0.14); always acting 0 gives 0.31
+    assert np.isfinite(loss) and after < 0.7 * before
     assert bc.predict(obs[:3]).shape == (3, 4)
 
 

@@ -15,9 +15,11 @@ def test_scripted_experts_succeed_on_every_task():
     by_task = {r["task"]: r for r in rows}
     assert set(by_task) == set(tasks.ALL_TASKS)
     total = sum(r["successes"] for r in rows) / sum(r["episodes"] for r in rows)
+    # measured 87/88 = 0.99: 4/4 on every task but door-open (3/4). Contact physics can tip a noisy expert's
+    # borderline episode the other way on another CPU, so the bars leave 12 episodes overall and 1-2 per task
     assert total >= 0.85
     for task, r in by_task.items():
-        assert r["successes"] >= 3, (task, r)
+        assert r["successes"] >= 2, (task, r)
 
 
 @pytest.mark.slow
@@ -30,7 +32,7 @@ def test_composite_tasks_are_solved_by_our_policies_and_need_both_stages(mw_env,
         wins += res.success
         rewards, end, success = label(task, res.states)  # the oracle sees the same staged success
         assert success == res.success and (not success or end == len(res.actions))
-    assert wins >= 7
+    assert wins >= 6  # measured 8/8 for both tasks; 2 episodes of room for CPU-dependent contact physics
     # doing only the first stage's skill is not enough
     first = "coffee-push" if task == "make-coffee" else "door-unlock"
     from kalm_bench_plugins.metaworld.policies import scripted_policy
@@ -91,7 +93,9 @@ def test_harness_evaluation_with_the_expert_policy(mw_env):
 
     cases = mw_env.test_cases("rephrase", n=20, seed=0)
     result = mw_env.evaluate(expert_policy(mw_env, "rephrase"), "rephrase", cases, seed=0)
-    assert result.success.shape == (20,) and result.success_rate >= 0.85
+    # measured 19/20 = 0.95, but three successes come at steps 93-96 of 100: the bar (14/20) leaves room for
+    # those and two more to run out of time on another CPU's physics; uniform random actions score 0/20
+    assert result.success.shape == (20,) and result.success_rate >= 0.7
     assert (result.lengths[result.success] < 100).all()
     # shaped rewards telescope: return = dense reward before the last step (>= 0) + 10 for success
     assert (result.returns[result.success] >= 10.0).all()

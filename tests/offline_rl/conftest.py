@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 
-REF = Path(__file__).resolve().parents[3] / "shared" / "reference" / "kalm"
+import kalm_reference
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -23,8 +20,5 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def kalm_clevr():
-    """KALM's released 80 CLEVR trajectories (trusted file shipped in /work/shared/reference)."""
-    path = REF / "clevr_robot.npy"
-    if not path.is_file():
-        pytest.skip(f"KALM reference data not found at {path}")
-    return np.load(path, allow_pickle=True).item()  # origin known: the KALM release
+    """KALM's released 80 CLEVR trajectories: the dict of clevr_robot.npy, from the shipped pickle-free copy."""
+    return kalm_reference.load("clevr_robot")

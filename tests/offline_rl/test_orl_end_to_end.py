@@ -50,6 +50,8 @@ def test_bc_learns_the_language_conditioned_task(registry, encoder, point_data, 
              for s in sorted(saved)]
     random = env.evaluate(_Random(), "seen", cases, 7, embed=encoder.encode).success_rate
     # Four goals from the same start region: only a policy that reads the instruction can reach them.
+    # measured (AVX-512 and AVX2 alike): random 3/40 = 0.075, BC 0.62 → 0.95 → 1.0 over the checkpoints; the bars
+    # leave 4 and 8 episodes of room
     assert random < 0.2
     assert curve[-1] >= 0.8, curve
 
@@ -104,7 +106,8 @@ def test_discrete_algorithms_fit_kalm_clevr_trajectories(registry, encoder, kalm
         ctx, saved, _ = make_ctx(algo, data, tmp_path / name, steps=300, every=300, action_size=40)
         algo.train(ctx)
         acc[name] = float(np.mean(algo.load_policy(saved[300], ctx).act(batch) == data.actions))
-    # 40 actions: chance agreement with the expert is 2.5 %
+    # 40 actions: chance agreement with the expert is 2.5 %. Measured 0.62 (BC) and 0.11 (CQL, 4x chance) under
+    # AVX-512 and AVX2 dispatch; the bars, 0.4 and 0.05 (16x and 2x chance), sit 0.2 and 0.06 below them
     assert acc["discrete-bc"] > 0.4, acc
     assert acc["discrete-cql"] > 0.05, acc
 

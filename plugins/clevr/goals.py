@@ -280,7 +280,7 @@ def sort_success(state: np.ndarray, center: int = 2) -> bool:
 
 def kalm15_scramble(state: np.ndarray, goal: dict[str, Any]) -> np.ndarray:
     """The 10 numbers ImagineBench's hard judge actually read: the first 10 of [positions, 5 goal marks]
-    reshaped to 5 rows of 3 and cut to 2 columns (docs/clevr-robot.md §5.5)."""
+    reshaped to 5 rows of 3 and cut to 2 columns (its reshape of the 15-number state+goal vector)."""
     flat = np.concatenate([np.asarray(state, np.float64).reshape(-1)[:10], goal_to_array(goal)[:5]])
     return flat.reshape(N_BALLS, 3)[:, :2].reshape(-1)
 

@@ -6,7 +6,7 @@ out here with the same physics-relevant values and element order (rendering-only
 compiled once per process; an episode starts by writing ball positions into ``qpos``, which gives the
 same trajectories as recompiling the XML per scene.
 
-Two patches make MuJoCo >= 3.0 reproduce the dynamics of KALM's data (docs/clevr-robot.md §5.3):
+Two patches make MuJoCo >= 3.0 reproduce the dynamics of KALM's data (recorded under MuJoCo 2.x):
 
 * A: the pusher's ``dof_invweight0`` / ``body_invweight0`` include the joint armature again (MuJoCo 3.0
   dropped it, which shortens every push);

@@ -17,7 +17,7 @@ and a segment is a dict with ``kind`` in ``text`` / ``state`` / ``action``:
   (classification for discrete actions, regression for continuous ones) from the position before it.
 
 Predictions are next-position style, as in KALM: the element at position i is read from the hidden state
-at position i-1. Text is rendered as in KALM's prompts (kalm-method.md §4.2); the HF backends tokenise it,
+at position i-1. Text is rendered as in the prompts of KALM's official code; the HF backends tokenise it,
 the embedded backend encodes each text segment into one slot with a frozen sentence encoder.
 
 Only numpy is imported here, so registering the tasks stays cheap.
@@ -39,7 +39,7 @@ GENERATION_PREFIX = "Translate the textual instruction to state/action trajector
 GENERATION_MID = ".\nTrajectory:"
 EXPLANATION_PREFIX = "Translate the state/action trajectory to textual instruction.\nTrajectory:"
 EXPLANATION_MID = "\nInstruction: "
-# The unseen explanation prompt of the paper's Fig. 7 (paper-results.md §3a).
+# The unseen explanation prompt of the paper's Fig. 7, as the paper prints it.
 UNSEEN_EXPLANATION_PREFIX = ("Suppose you are playing gaming of five balls with different colours. "
                              "Please explain the following rollout briefly.\n rollout:")
 UNSEEN_EXPLANATION_MID = "\n Answer: "

@@ -198,9 +198,10 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
     suite_name = records[0]["suite"] if records else "results"
     table = build_table(records, stat=stat, reference=ref_df, reference_env=reference_env, reps=reps)
     parts = [reporter.render(table, title=title or f"{suite_name}: success rate (%)")]
-    gains = build_gain_table(records, reps=reps)
+    gains = build_gain_table(records)
     if gains is not None:
-        parts.append(reporter.render(gains, title="KALM gain (points, 95% bootstrap CI over seeds)"))
+        parts.append(reporter.render(gains, title="KALM gain (points): mean of the per-seed paired differences "
+                                                  "KALM − base [95% Student-t CI] (n pairs)"))
     for comp in cfg.get("comparisons", []) or []:
         parts.append(reporter.render(build_comparison_table(table, comp["rows"], comp.get("levels")),
                                      title=comp["title"]))
@@ -218,7 +219,8 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
         if timing is not None:
             parts.append(reporter.render(timing, title="Wall time per stage (each stage's build time, also for "
                                                        "stages an earlier invocation built into the cache)"))
-    cell = "mean ± std (n seeds)" if stat == "mean_std" else "IQM [95% stratified-bootstrap CI] (n seeds)"
+    cell = ("mean ± std (n seeds)" if stat == "mean_std" else "IQM [95% stratified-bootstrap CI] (n seeds)") + \
+        "; a cell of one seed shows its value alone"
     footer = (f"{len(ok)} runs ok, {len(failed)} failed. Cells: {cell} of the per-seed success rate, each the mean "
               f"over the last {ok[0].get('last_k', '?') if ok else '?'} checkpoints.")
     if fmt == "md":

@@ -63,8 +63,11 @@ def _groups(records: list[dict[str, Any]]) -> OrderedDict[tuple[str, bool], dict
 
 
 def _cell(values: list[float], stat: str, reps: int) -> str:
+    """The cell of one row and level; n is always shown, and n = 1 gets no spread or interval."""
     if not values:
         return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f} (1)"
     if stat == "iqm_ci":
         point, lo, hi = stats.stratified_bootstrap_ci(np.array(values)[:, None], reps=reps)
         return f"{point:.1f} [{lo:.1f}, {hi:.1f}] ({len(values)})"
@@ -98,7 +101,7 @@ def build_table(records: list[dict[str, Any]], stat: str = "mean_std", reference
                 ref_means[lv] = ref[1]
         if len(novel) > 1:
             mat = _novel_matrix(per_level, novel)
-            if stat == "iqm_ci" and len(mat):
+            if stat == "iqm_ci" and len(mat) > 1:
                 point, lo, hi = stats.stratified_bootstrap_ci(mat, reps=reps)
                 row[NOVEL] = f"{point:.1f} [{lo:.1f}, {hi:.1f}] ({len(mat)})"
             else:
@@ -126,8 +129,10 @@ def _reference_cell(ref: pd.DataFrame, env: str | None, level: str, algorithm: s
     return (f"{m:.1f} ± {float(sd):.1f}" if pd.notna(sd) else f"{m:.1f}"), m
 
 
-def build_gain_table(records: list[dict[str, Any]], reps: int = 2000) -> pd.DataFrame | None:
-    """KALM − base success per level (points) with a 95 % bootstrap CI over seeds."""
+def build_gain_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """KALM − base success per level (points): the mean of the differences paired by seed (the KALM run and
+    the base run of the same seed), with a 95 % Student-t interval and the number of pairs; one pair gets no
+    interval. Seeds that only one of the two has are left out of the pairing."""
     levels, data_level = _levels(records)
     groups = _groups(records)
     rows = []
@@ -137,12 +142,8 @@ def build_gain_table(records: list[dict[str, Any]], reps: int = 2000) -> pd.Data
         base = groups[(algo, False)]
         row = {"algorithm": algo}
         for lv in levels:
-            a, b = list(per_level.get(lv, {}).values()), list(base.get(lv, {}).values())
-            if a and b:
-                d, lo, hi = stats.difference_ci(a, b, reps=reps)
-                row[lv] = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-            else:
-                row[lv] = "–"
+            d, lo, hi, n = stats.paired_t_ci(per_level.get(lv, {}), base.get(lv, {}))
+            row[lv] = ("–" if n == 0 else f"{d:+.1f} (1)" if n == 1 else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] ({n})")
         rows.append(row)
     return pd.DataFrame(rows).set_index("algorithm") if rows else None
 

@@ -43,8 +43,25 @@ def test_stratification_keeps_columns_apart():
     assert (point, lo, hi) == (50.0, 50.0, 50.0)
 
 
-def test_difference_ci_and_wilson():
-    assert stats.difference_ci([0.6] * 3, [0.2] * 3) == pytest.approx((0.4, 0.4, 0.4))
+def test_paired_t_interval_hand_computed():
+    # differences 1, 2, 3 (seed 9 has no pair): mean 2, sd 1, se 1/sqrt(3), t(0.975, df 2) = 4.302652729911275
+    d, lo, hi, n = stats.paired_t_ci({0: 11.0, 1: 22.0, 2: 33.0, 9: 99.0}, {0: 10.0, 1: 20.0, 2: 30.0})
+    half = 4.302652729911275 / math.sqrt(3)
+    assert n == 3 and d == pytest.approx(2.0)
+    assert (lo, hi) == (pytest.approx(2.0 - half), pytest.approx(2.0 + half))
+    d1, lo1, hi1, n1 = stats.paired_t_ci({0: 5.0}, {0: 3.0})
+    assert (d1, n1) == (2.0, 1) and math.isnan(lo1) and math.isnan(hi1)  # n = 1: no interval
+    assert stats.paired_t_ci({0: 1.0}, {1: 1.0})[3] == 0
+
+
+def test_vectorised_iqm_bootstrap_equals_one_call_per_resample():
+    x = np.random.default_rng(4).uniform(0, 100, size=(5, 3))
+    fast = stats.stratified_bootstrap_ci(x, reps=400, seed=2)
+    slow = stats.stratified_bootstrap_ci(x, statistic=lambda s: stats.iqm(s), reps=400, seed=2)
+    assert fast == pytest.approx(slow, abs=1e-9)
+
+
+def test_wilson():
     lo, hi = stats.wilson_interval(8, 10)
     assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
     assert stats.wilson_interval(0, 10)[0] == 0.0
@@ -79,8 +96,12 @@ def test_table_cells_hand_computed():
 def test_iqm_table_and_gain_table():
     t = build_table(RECORDS, stat="iqm_ci", reps=200)
     assert t.loc["CQL +KALM", "a"] == "60.0 [60.0, 60.0] (2)"
-    g = build_gain_table(RECORDS, reps=200)
-    assert g.loc["CQL", "b"] == "+30.0 [+10.0, +50.0]"  # 80 − mean(30, 70) with control resampled
+    g = build_gain_table(RECORDS)
+    # paired by seed: 80 − 30 = 50 and 80 − 70 = 10; mean 30, se 20, t(0.975, df 1) = 12.706 → ± 254.1
+    assert g.loc["CQL", "b"] == "+30.0 [-224.1, +284.1] (2)"
+    one = build_gain_table([r for r in RECORDS if r["seed"] == 0])
+    assert one.loc["CQL", "b"] == "+50.0 (1)"  # one pair: no interval
+    assert build_table([r for r in RECORDS if r["seed"] == 0]).loc["CQL", "seen"] == "20.0 (1)"
     with pytest.raises(UserError):
         build_table(RECORDS, stat="median")
 

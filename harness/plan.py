@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from .cache import stage_key
 from .errors import UserError
 from .plugins import Registry
-from .suite import LoadedSuite, format_loc
+from .suite import REPLICABLE, REPLICATION_STRIDE, LoadedSuite, format_loc
 
 STAGE_ORDER = ("dataset", "grounding", "rollouts", "train", "eval")
 
@@ -60,6 +60,7 @@ class Plan:
     runs: list[Run]
     levels: list[str] = field(default_factory=list)
     data_level: str = ""
+    replicate: list[str] = field(default_factory=lambda: ["policy"])  # the stages each seed re-runs
 
     def stages_of(self, kind: str) -> list[Stage]:
         return [s for s in self.stages.values() if s.kind == kind]
@@ -102,20 +103,37 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
     data_level = env_levels[0]
 
     stages: dict[str, Stage] = {}
+    uses_llm = any(registry.get("algorithms", e.name).needs_llm or "kalm" in e.variants for e in s.algorithms
+                   if e.name in registry.names("algorithms"))
+    replicate = set(s.replicate if s.replicate is not None else
+                    (("policy", "rollouts", "llm") if uses_llm else ("policy",)))
+
+    def stage_seed(what: str, base: int, rep: int) -> int:
+        """A replicated stage's seed differs per replication; replication 0 keeps the section's own seed."""
+        return base + REPLICATION_STRIDE * rep if what in replicate else base
+
+    def rep_label(what: str, rep: int) -> str:
+        return f" rep {rep}" if what in replicate else ""
 
     def add(kind: str, spec: dict[str, Any], deps: dict[str, str], label: str) -> str:
         key = stage_key(kind, spec, deps)
         stages.setdefault(key, Stage(kind, key, spec, deps, label))
         return key
 
-    # -- dataset
+    # -- dataset (one per replication when the data are replicated)
+    dataset_keys: dict[int, str] = {}
     if s.data.path:
         path = loaded.resolve(s.data.path)
         ds_manifest = _dataset_identity(path, loaded)
-        data_spec = {"env": env_spec, "path": str(path.resolve()), "content": ds_manifest}
+        fixed = add("dataset", {"env": env_spec, "path": str(path.resolve()), "content": ds_manifest}, {},
+                    f"{s.env.name} data")
+        dataset_keys = {seed: fixed for seed in s.seed_list}
     else:
-        data_spec = {"env": env_spec, "episodes": s.data.episodes, "seed": s.data.seed, "options": s.data.options}
-    dataset_key = add("dataset", data_spec, {}, f"{s.env.name} data")
+        for seed in s.seed_list:
+            dataset_keys[seed] = add("dataset", {"env": env_spec, "episodes": s.data.episodes,
+                                                 "seed": stage_seed("data", s.data.seed, seed),
+                                                 "options": s.data.options}, {},
+                                     f"{s.env.name} data{rep_label('data', seed)}")
 
     # -- encoder
     encoder_spec = _component(registry, "encoders", s.encoder.name, None, s.encoder.config, loaded, ("encoder",))
@@ -134,7 +152,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
         algo_specs.append((entry, spec, cls))
 
     # -- LLM grounding: one stage per distinct LLM section (the suite's, or an entry's changes to it)
-    def grounding_for(i: int, entry: Any) -> str:
+    def grounding_for(i: int, entry: Any, seed: int) -> str:
         loc: tuple = ("llm",) if entry.llm is None else ("algorithms", i, "llm")
         if s.llm is None and (entry.llm is None or not entry.llm.backend):
             raise loaded.error(loc, "required: a KALM variant or an LLM-based algorithm needs an 'llm' section")
@@ -151,32 +169,38 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                           "plugin_version": registry.plugin_of("grounding_tasks", t).version})
         if not tasks:
             raise loaded.error(loc + ("grounding_tasks",), "at least one grounding task is needed")
-        suffix = "" if entry.llm is None else f" ({entry.row})"
-        key = add("grounding", {"env": env_spec, "backend": backend_spec, "tasks": tasks, "seed": llm.seed},
-                  {"dataset": dataset_key}, f"{llm.backend} grounding{suffix}")
+        suffix = ("" if entry.llm is None else f" ({entry.row})") + rep_label("llm", seed)
+        key = add("grounding", {"env": env_spec, "backend": backend_spec, "tasks": tasks,
+                                "seed": stage_seed("llm", llm.seed, seed)},
+                  {"dataset": dataset_keys[seed]}, f"{llm.backend} grounding{suffix}")
         llm_suffix.setdefault(key, suffix)
         return key
 
-    grounding_of: dict[int, str] = {}
+    grounding_of: dict[tuple[int, int], str] = {}  # (entry, replication) → grounding key
     llm_suffix: dict[str, str] = {}  # grounding key → label suffix naming the row that changed the LLM
     for i, (entry, _, cls) in enumerate(algo_specs):
         if cls.needs_llm or "kalm" in entry.variants:
-            grounding_of[i] = grounding_for(i, entry)
+            for seed in s.seed_list:
+                grounding_of[(i, seed)] = grounding_for(i, entry, seed)
         elif entry.llm is not None:  # an override nothing reads would silently change nothing
             raise loaded.error(("algorithms", i, "llm"), f"{entry.name!r} with variants {list(entry.variants)} "
                                "uses no LLM; an entry's llm section needs the kalm variant or an LLM-based "
                                "algorithm")
 
-    def rollouts_for(level: str, grounding_key: str) -> tuple[str, str]:
+    def rollouts_for(level: str, grounding_key: str, seed: int) -> tuple[str, str]:
         target = s.rollouts.for_level.get(level, level)
         if target not in env_levels:
             raise loaded.error(("rollouts", "for_level", level), f"unknown level {target!r}")
         if target not in s.rollouts.counts:
             raise loaded.error(("rollouts", "counts"), f"KALM runs on level {level!r} need imaginary rollouts of "
                                f"level {target!r}: add rollouts.counts.{target}")
+        rollout_seed = stage_seed("rollouts", s.rollouts.seed, seed)
+        label = f"{target} rollouts{llm_suffix[grounding_key]}"
+        if "rollouts" in replicate and "llm" not in replicate:
+            label += rep_label("rollouts", seed)
         key = add("rollouts", {"env": env_spec, "level": target, "count": s.rollouts.counts[target],
-                               "seed": s.rollouts.seed, "labels": s.rollouts.labels},
-                  {"dataset": dataset_key, "grounding": grounding_key}, f"{target} rollouts{llm_suffix[grounding_key]}")
+                               "seed": rollout_seed, "labels": s.rollouts.labels},
+                  {"dataset": dataset_keys[seed], "grounding": grounding_key}, label)
         return target, key
 
     for lv in s.rollouts.for_level:
@@ -204,7 +228,6 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
 
     runs: list[Run] = []
     for i, (entry, algo_spec, cls) in enumerate(algo_specs):
-        grounding_key = grounding_of.get(i)
         tr = entry.train.model_dump(exclude_none=True) if entry.train else {}
         train_common = {"steps": tr.get("steps", s.train.steps),
                         "checkpoint_every": tr.get("checkpoint_every", s.train.checkpoint_every)}
@@ -214,13 +237,15 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
         for variant in entry.variants:
             for seed in s.seed_list:
                 base_train = None
+                grounding_key = grounding_of.get((i, seed))
+                dataset_key = dataset_keys[seed]
                 for level in levels:
                     deps = {"dataset": dataset_key}
                     imag_level = None
                     if cls.needs_llm:
                         deps["grounding"] = grounding_key  # type: ignore[assignment]
                     if variant == "kalm":
-                        imag_level, rkey = rollouts_for(level, grounding_key)  # type: ignore[arg-type]
+                        imag_level, rkey = rollouts_for(level, grounding_key, seed)  # type: ignore[arg-type]
                         deps["rollouts"] = rkey
                         deps["grounding"] = grounding_key  # type: ignore[assignment]
                     train_spec = {"env": env_spec, "algorithm": algo_spec, "encoder": encoder_spec, "seed": seed,
@@ -250,7 +275,8 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                                     algorithm=entry.name, variant=variant, seed=seed, imaginary_level=imag_level,
                                     stages=run_stages))
     ordered = dict(sorted(stages.items(), key=lambda kv: STAGE_ORDER.index(kv[1].kind)))
-    return Plan(loaded, ordered, runs, levels=list(levels), data_level=data_level)
+    return Plan(loaded, ordered, runs, levels=list(levels), data_level=data_level,
+                replicate=[k for k in REPLICABLE if k in replicate])
 
 
 def _dataset_identity(path: Any, loaded: LoadedSuite) -> dict[str, Any]:

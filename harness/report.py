@@ -149,24 +149,45 @@ def build_gain_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
 
 
 def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
-    """LLM diagnostics (one row per LLM backend/config used) and rollout goal-match rates per level."""
-    rows: dict[str, dict[str, Any]] = OrderedDict()
+    """LLM diagnostics and rollout goal-match rates per level: one column per LLM setting (backend, config,
+    grounding tasks), each cell ``mean ± std (n)`` over that setting's groundings (one per replication when
+    the suite re-grounds the LLM per seed; a single grounding shows its value alone)."""
+    # setting → grounding key → metric → value
+    values: dict[str, dict[str, dict[str, float | str]]] = OrderedDict()
     for r in records:
         if r.get("status") != "ok" or not r.get("llm_backend"):
             continue
-        key = r["data_keys"].get("grounding", "")[:8]
         tasks = "+".join(r.get("llm_tasks") or [])
-        row = rows.setdefault(key, {"llm": f"{r['llm_backend']} ({key})" + (f" [{tasks}]" if tasks else "")})
+        config = json.dumps(r.get("llm_config") or {}, sort_keys=True)
+        setting = values.setdefault(f"{r['llm_backend']} {_short_hash(config + tasks)}"
+                                    + (f" [{tasks}]" if tasks else ""), OrderedDict())
+        metrics = setting.setdefault(r["data_keys"].get("grounding", ""), {})
         for k, v in (r.get("llm_diagnostics") or {}).items():
-            row[k] = f"{100 * v:.1f}" if isinstance(v, float) and 0 <= v <= 1 else str(v)
+            metrics[k] = 100 * v if isinstance(v, float) and 0 <= v <= 1 else v
         if r.get("rollouts") and r.get("imaginary_level") and r["rollouts"].get("goal_match_rate") is not None:
-            row[f"goal_match_{r['imaginary_level']}"] = f"{100 * r['rollouts']['goal_match_rate']:.1f}"
-    if not rows:
+            metrics[f"goal_match_{r['imaginary_level']}"] = 100 * r["rollouts"]["goal_match_rate"]
+    if not values:
         return None
+    columns: dict[str, dict[str, str]] = OrderedDict()
+    for setting, groundings in values.items():
+        names = list(OrderedDict.fromkeys(k for m in groundings.values() for k in m))
+        col = columns.setdefault(setting, {})
+        for name in names:
+            got = [m[name] for m in groundings.values() if name in m]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in got):
+                col[name] = _cell([float(v) for v in got], "mean_std", 0)
+            else:
+                col[name] = ", ".join(sorted({str(v) for v in got}))
     # One row per metric: there are many metrics and few models.
-    table = pd.DataFrame(list(rows.values())).set_index("llm").fillna("–").T
+    table = pd.DataFrame(columns).fillna("–")
     table.index.name = "metric"
     return table.sort_index()
+
+
+def _short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def build_comparison_table(table: pd.DataFrame, rows: list[str], levels: list[str] | None) -> pd.DataFrame:

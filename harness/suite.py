@@ -152,6 +152,10 @@ class ReportSection(_Model):
                                                           "one, e.g. the paper's Fig. 5")
 
 
+REPLICABLE = ("policy", "rollouts", "llm", "data")
+REPLICATION_STRIDE = 1000  # a replicated stage's seed: its section's seed + REPLICATION_STRIDE × the replication's
+
+
 class Suite(_Model):
     suite: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     version: int = 1
@@ -163,6 +167,9 @@ class Suite(_Model):
     rollouts: RolloutsSection = Field(default_factory=RolloutsSection)
     algorithms: list[AlgorithmEntry] = Field(min_length=1)
     seeds: list[int] | SeedRange = Field(default_factory=lambda: [0])
+    replicate: list[Literal["policy", "rollouts", "llm", "data"]] | None = Field(
+        None, description="the stages each seed re-runs with a seed of its own (policy always); default: "
+                          "policy, rollouts and llm when a run uses an LLM, policy alone otherwise")
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     report: ReportSection = Field(default_factory=ReportSection)
@@ -173,7 +180,18 @@ class Suite(_Model):
         dupes = sorted({r for r in rows if rows.count(r) > 1})
         if dupes:
             raise ValueError(f"algorithm rows must be distinct; give a 'label' to: {', '.join(dupes)}")
+        if self.replicate is not None and "data" in self.replicate and self.data.path:
+            raise ValueError("replicate cannot include 'data' when data.path names a fixed dataset")
         return self
+
+    @field_validator("replicate")
+    @classmethod
+    def _policy_is_replicated(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and "policy" not in value:
+            raise ValueError("must include 'policy': a seed always re-trains the policy")
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("each stage may be named once")
+        return value
 
     @property
     def seed_list(self) -> list[int]:

@@ -28,9 +28,52 @@ def test_plan_shape(core_env, suite_file):
     # rephrase rollouts, so they share one policy, as in the paper)
     assert kinds.count("train") == 2 * (1 + 2)
     assert kinds.count("eval") == len(plan.runs) == 2 * 2 * 3
-    assert kinds.count("rollouts") == 2  # seen reuses the rephrase rollouts
+    # each seed re-grounds the LLM and re-imagines its rollouts (the default for a suite with KALM runs);
+    # seen reuses the rephrase rollouts
+    assert kinds.count("grounding") == 2 and kinds.count("rollouts") == 2 * 2 and kinds.count("dataset") == 1
     assert kinds == sorted(kinds, key=["dataset", "grounding", "rollouts", "train", "eval"].index)
     assert len({r.run_id for r in plan.runs}) == len(plan.runs)
+
+
+def _seeds(plan, kind):
+    return sorted({s.spec["seed"] for s in plan.stages.values() if s.kind == kind})
+
+
+@pytest.mark.parametrize("replicate,datasets,groundings,rollouts", [
+    (None, [0], [0, 1000], [0, 1000]),  # default with KALM runs: policy, rollouts, llm
+    ("[policy]", [0], [0], [0]),
+    ("[policy, rollouts]", [0], [0], [0, 1000]),
+    ("[policy, rollouts, llm, data]", [0, 1000], [0, 1000], [0, 1000]),
+])
+def test_replication_seeds_reach_every_replicated_stage(core_env, suite_file, replicate, datasets, groundings,
+                                                         rollouts):
+    overrides = [f"replicate={replicate}"] if replicate else []
+    _, plan = _keys(suite_file, *overrides)
+    assert _seeds(plan, "dataset") == datasets
+    assert _seeds(plan, "grounding") == groundings
+    assert _seeds(plan, "rollouts") == rollouts
+    assert _seeds(plan, "train") == [0, 1]
+    for run in plan.runs:  # each run's stages are those of its own replication
+        spec_seed = {kind: plan.stages[key].spec.get("seed") for kind, key in run.stages.items()}
+        assert spec_seed["train"] == run.seed
+        if "grounding" in spec_seed:
+            assert spec_seed["grounding"] == (1000 * run.seed if len(groundings) > 1 else 0)
+        if "rollouts" in spec_seed:
+            assert spec_seed["rollouts"] == (1000 * run.seed if len(rollouts) > 1 else 0)
+        assert spec_seed["dataset"] == (1000 * run.seed if len(datasets) > 1 else 0)
+    # Replication 0 keeps the sections' own seeds, so its stages are those of an unreplicated suite.
+    single, _ = _keys(suite_file, "replicate=[policy]")
+    both, _ = _keys(suite_file, *overrides)
+    rep0 = both.get(("grounding", "scripted-llm grounding rep 0"), both.get(("grounding", "scripted-llm grounding")))
+    assert rep0 == single[("grounding", "scripted-llm grounding")]
+
+
+def test_replicate_must_name_the_policy(core_env, suite_file):
+    from kb_helpers import run_cli
+
+    proc = run_cli("validate", str(suite_file), "-x", "replicate=[llm]")
+    assert proc.returncode == 2 and "replicate" in proc.stderr and "policy" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("override,expected", [
@@ -115,7 +158,7 @@ def test_an_entry_can_change_the_llm_for_an_ablation(core_env, suite_file):
     keys, plan = _keys(suite_file, "algorithms+={name: tabular-bc, label: ablated, variants: [kalm], "
                                    "llm: {config: {accuracy: 0.5}}}")
     groundings = sorted(k for (kind, _), k in keys.items() if kind == "grounding")
-    assert len(groundings) == 2  # the suite's LLM and the ablated one
+    assert len(groundings) == 2 * 2  # the suite's LLM and the ablated one, each grounded once per seed
     # The suite's own LLM stages are untouched; the ablated row trains on its own LLM's rollouts.
     assert {k: v for k, v in keys.items() if k in base} == base
     ablated = [r for r in plan.runs if r.row == "ablated"]

@@ -17,7 +17,8 @@ from kalm_bench.suite import load_suite
 
 REQUIRED = {"run_id", "suite", "suite_version", "env", "level", "algorithm", "algorithm_config", "variant", "kalm",
             "llm_backend", "data_keys", "seed", "eval_seed", "n_eval_episodes", "success_rate", "return_mean",
-            "timings_s", "status", "error", "git_sha", "versions", "curve", "started_at", "finished_at"}
+            "timings_s", "status", "error", "git_sha", "versions", "curve", "started_at", "finished_at",
+            "replicate", "stage_seeds"}
 
 
 def _run(suite_file, out, *overrides, **kw):
@@ -37,7 +38,11 @@ def test_records_have_every_field_and_are_deterministic(core_env, suite_file):
         assert len(r["curve"]) == 3 and r["last_k"] == 3
         assert [e["step"] for e in r["train_log"]] == [4, 8, 12] and r["train_log"][0]["table_size"] > 0
         assert r["success_rate"] == pytest.approx(sum(c["success_rate"] for c in r["curve"]) / 3)
+        assert r["replicate"] == ["policy", "rollouts", "llm"] and r["stage_seeds"]["train"] == r["seed"]
     kalm = [r for r in recs if r["kalm"]]
+    # every stage's seed is in the record: here each seed has its own grounding and rollouts
+    assert {(r["seed"], r["stage_seeds"]["grounding"], r["stage_seeds"]["rollouts"]) for r in kalm} == \
+        {(0, 0, 0), (1, 1000, 1000)}
     assert {r["imaginary_level"] for r in kalm} == {"rephrase", "far"}
     assert all(r["llm_diagnostics"]["explain_acc_seen"] == 1.0 for r in kalm)
     # Same seeds, fresh cache and output: identical results.

@@ -34,3 +34,27 @@ def suite_file(core_env):
     path = core_env / "suite.yaml"
     path.write_text(SUITE)
     return path
+
+
+def _release_npy(name: str, tmp_path_factory) -> Path:
+    import kalm_reference
+
+    return kalm_reference.write_npy(name, tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="session")
+def kalm_npy(tmp_path_factory) -> Path:
+    """KALM's released clevr_robot.npy (a pickle), written from the shipped pickle-free copy in tests/data."""
+    return _release_npy("clevr_robot", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def kalm_prompt_npy(tmp_path_factory) -> Path:
+    """KALM's released clevr_rephrase_prompt.npy, written from the shipped copy."""
+    return _release_npy("clevr_rephrase_prompt", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def kalm_meta_world_npy(tmp_path_factory) -> Path:
+    """KALM's released meta_world.npy, written from the shipped copy."""
+    return _release_npy("meta_world", tmp_path_factory)

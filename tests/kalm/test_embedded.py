@@ -140,10 +140,10 @@ def test_bad_inputs_give_one_clear_error(grounded, ref_env, tmp_path):
         be.imagine(ImagineContext(tmp_path, ref_env, "rephrase", [], 0, "oracle"))
 
 
-def test_reference_loader_needs_trust(tmp_path, ref_npy):
+def test_reference_loader_needs_trust(tmp_path, kalm_npy):
     from kalm_bench_plugins.kalm.reference import load_clevr_dataset
 
     with pytest.raises(UserError, match="trust_pickle"):
-        load_clevr_dataset(ref_npy)
+        load_clevr_dataset(kalm_npy)
     with pytest.raises(UserError, match="file not found"):
         load_clevr_dataset(tmp_path / "nope.npy", trust_pickle=True)

@@ -6,13 +6,6 @@ from click.testing import CliRunner
 
 from kalm_bench.datasets import TrajectoryDataset
 
-import kalm_reference
-
-
-@pytest.fixture()
-def kalm_npy(tmp_path):
-    """KALM's released meta_world.npy (pickled), written from the shipped pickle-free copy."""
-    return str(kalm_reference.write_npy("meta_world", tmp_path / "release"))
 
 
 @pytest.fixture()
@@ -27,12 +20,12 @@ def cli():
     return root
 
 
-def test_import_command(cli, tmp_path, kalm_npy):
+def test_import_command(cli, tmp_path, kalm_meta_world_npy):
     runner = CliRunner()
     out = tmp_path / "kalm"
-    res = runner.invoke(cli, ["metaworld", "import", kalm_npy, "--out", str(out)])
+    res = runner.invoke(cli, ["metaworld", "import", str(kalm_meta_world_npy), "--out", str(out)])
     assert res.exit_code != 0 and "trust" in str(res.exception)
-    res = runner.invoke(cli, ["metaworld", "import", kalm_npy, "--trust-pickle", "--out", str(out)])
+    res = runner.invoke(cli, ["metaworld", "import", str(kalm_meta_world_npy), "--trust-pickle", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert TrajectoryDataset.load(out).n_episodes == 10
 

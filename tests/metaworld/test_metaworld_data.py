@@ -11,13 +11,6 @@ from kalm_bench_plugins.metaworld import tasks
 from kalm_bench_plugins.metaworld.data import import_kalm_npy
 from kalm_bench_plugins.metaworld.oracle import label, success_flags
 
-import kalm_reference
-
-
-@pytest.fixture(scope="module")
-def kalm_npy(tmp_path_factory):
-    """KALM's released meta_world.npy (pickled), written from the shipped pickle-free copy."""
-    return kalm_reference.write_npy("meta_world", tmp_path_factory.mktemp("kalm-mw"))
 
 
 def test_generated_dataset_format(small_dataset, tmp_path):
@@ -63,10 +56,10 @@ def test_oracle_agrees_with_the_simulator_on_generated_data(small_dataset, mw_en
             assert labels.end == len(ep.actions) and labels.rewards[-1] == 10.0
 
 
-def test_import_kalm_meta_world_npy(kalm_npy):
+def test_import_kalm_meta_world_npy(kalm_meta_world_npy):
     with pytest.raises(UserError, match="trust_pickle"):
-        import_kalm_npy(kalm_npy)
-    ds = import_kalm_npy(kalm_npy, trust_pickle=True)
+        import_kalm_npy(kalm_meta_world_npy)
+    ds = import_kalm_npy(kalm_meta_world_npy, trust_pickle=True)
     assert ds.n_episodes == 10 and ds.state_dim == 91
     assert list(ds.lengths) == [31, 35, 43, 40, 29, 69, 61, 44, 36, 28]
     assert [json.loads(g)["task"] for g in ds.goals] == list(tasks.SEEN_TASKS)

@@ -219,10 +219,10 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
         if timing is not None:
             parts.append(reporter.render(timing, title="Wall time per stage (each stage's build time, also for "
                                                        "stages an earlier invocation built into the cache)"))
-    cell = ("mean ± std (n seeds)" if stat == "mean_std" else "IQM [95% stratified-bootstrap CI] (n seeds)") + \
-        "; a cell of one seed shows its value alone"
+    cell = "mean ± std (n seeds)" if stat == "mean_std" else "IQM [95% stratified-bootstrap CI] (n seeds)"
     footer = (f"{len(ok)} runs ok, {len(failed)} failed. Cells: {cell} of the per-seed success rate, each the mean "
-              f"over the last {ok[0].get('last_k', '?') if ok else '?'} checkpoints.")
+              f"over the last {ok[0].get('last_k', '?') if ok else '?'} checkpoints; a cell of one seed shows its "
+              "value alone.")
     if fmt == "md":
         parts.append(footer + "\n")
         prov = provenance_lines(records, timings)

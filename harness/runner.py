@@ -129,8 +129,7 @@ def execute_chain(payload: dict[str, Any]) -> list[StageResult]:
             results.append(StageResult(stage.key, stage.kind, True, not was_done, wall_s=wall))
         except Exception as exc:  # recorded, never fatal for the suite
             failed = f"{stage.label}: {_error_text(exc)}"
-            log.warning("FAILED %s after %.1f s: %s", _named(stage), time.time() - t0,
-                        _error_text(exc))
+            log.warning("FAILED %s after %.1f s: %s", _named(stage), time.time() - t0, _error_text(exc))
             results.append(StageResult(stage.key, stage.kind, False, False, _error_text(exc),
                                        wall_s=time.time() - t0))
     return results
@@ -138,7 +137,8 @@ def execute_chain(payload: dict[str, Any]) -> list[StageResult]:
 
 class Runner:
     def __init__(self, plan: Plan, output: Path, store: ArtifactStore, executor: str = "local", jobs: int = 1,
-                 rerun_failed: bool = False, progress_factory: Callable[[Stage], Callable[[int, int], None]] | None = None):
+                 rerun_failed: bool = False,
+                 progress_factory: Callable[[Stage], Callable[[int, int], None]] | None = None):
         self.plan = plan
         self.output = Path(output)
         self.store = store
@@ -300,7 +300,8 @@ class Runner:
             "data_level": self.plan.data_level,
             "variant": run.variant, "kalm": run.variant == "kalm", "imaginary_level": run.imaginary_level,
             "seed": run.seed, "eval_seed": s.eval.seed, "replicate": list(self.plan.replicate),
-            "stage_seeds": {kind: self.plan.stages[key].spec.get("seed") for kind, key in run.stages.items()}, "train_steps": train_spec["steps"],
+            "stage_seeds": {kind: self.plan.stages[key].spec.get("seed") for kind, key in run.stages.items()},
+            "train_steps": train_spec["steps"],
             "encoder": train_spec["encoder"]["name"], "data_keys": dict(run.stages),
             "llm_backend": gspec["backend"]["name"] if gspec else None,
             "llm_config": gspec["backend"]["config"] if gspec else None,

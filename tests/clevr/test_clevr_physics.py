@@ -51,7 +51,8 @@ def test_push_moves_target_ball_as_documented():
     start = np.array([-0.3, 0.0, 0.3, 0.3, 0.0, 0.45, -0.35, 0.45, 0.35, -0.1])
     sim.reset(start)
     after = sim.step(8 * 0 + 0)  # red, +x
-    assert after[0] - start[0] == pytest.approx(0.2504, abs=2e-3)  # fresh cardinal push on physics that replays KALM's data
+    # a fresh cardinal push, on the physics that replays KALM's data
+    assert after[0] - start[0] == pytest.approx(0.2504, abs=2e-3)
     assert abs(after[1] - start[1]) < 5e-3
     state = sim.get_state()
     a1 = sim.step(1)

@@ -90,7 +90,6 @@ def run(suite_file: str, overrides: tuple[str, ...], output: str | None, cache_d
     import yaml
 
     from .cache import ArtifactStore
-    from .runner import plan_status, refuse_foreign
 
     plan = _plan(suite_file, overrides)
     suite = plan.loaded.suite
@@ -103,16 +102,16 @@ def run(suite_file: str, overrides: tuple[str, ...], output: str | None, cache_d
         _dry_run(plan, out, store, rerun_failed)
         return
     _registry().get("reporters", fmt, field="--format")
-    refuse_foreign(plan_status(plan, out, rerun_failed), out)  # before any work, not after the first stage
     _configure_logging(quiet, verbose)
     summary = _execute(plan, out, store, executor, jobs, rerun_failed)
     click.echo(f"\n{summary.ok} ok, {summary.failed} failed, {summary.skipped_ok} already done"
                f"{f', {summary.skipped_failed} failed earlier' if summary.skipped_failed else ''}; "
                f"stages built {summary.stages_built}, reused {summary.stages_cached}; {summary.wall_s:.0f} s → {out}")
     if any(r.get("status") == "ok" for r in summary.records):
-        if summary.ok or summary.failed:  # an invocation that ran nothing leaves the written tables as they are
-            _write_tables(out, fmt)
-        click.echo("\n" + _render_report(out, fmt=fmt, stat=None, reference=None, reference_env=None))
+        # An invocation that ran nothing leaves the written tables as they are.
+        written = _write_tables(out, fmt) if summary.ok or summary.failed else {}
+        text = written.get(fmt) or _render_report(out, fmt=fmt, stat=None, reference=None, reference_env=None)
+        click.echo("\n" + text)
     if summary.failed or summary.skipped_failed:
         sys.exit(1)
 
@@ -168,14 +167,17 @@ def _execute(plan, out: Path, store, executor: str, jobs: int, rerun_failed: boo
         return runner.run()
 
 
-def _write_tables(results: Path, fmt: str) -> None:
-    """``table.md`` and ``table.csv`` (and ``table.<ext>`` of ``fmt``), each with every table of ``report``."""
+def _write_tables(results: Path, fmt: str) -> dict[str, str]:
+    """``table.md`` and ``table.csv`` (and ``table.<ext>`` of ``fmt``), each with every table of ``report``;
+    returns the text written per format."""
     from .cache import atomic_write_text
 
+    written = {}
     for name in dict.fromkeys(("md", "csv", fmt)):
         reporter = _registry().get("reporters", name, field="--format")
-        text = _render_report(results, fmt=name, stat=None, reference=None, reference_env=None)
-        atomic_write_text(results / f"table.{reporter.extension}", text)
+        written[name] = _render_report(results, fmt=name, stat=None, reference=None, reference_env=None)
+        atomic_write_text(results / f"table.{reporter.extension}", written[name])
+    return written
 
 
 def _render_report(results: Path, fmt: str, stat: str | None, reference: str | None, reference_env: str | None,

@@ -22,15 +22,11 @@ PROGRESS_EVERY_S = 60.0
 log = logging.getLogger(LOGGER)
 
 
-def level_for(verbosity: int) -> int:
-    return logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
-
-
-def configure(verbosity: int = 0, handler: logging.Handler | None = None) -> None:
-    """Send ``kalm_bench`` log lines to stderr (or ``handler``) at the level ``verbosity`` chooses."""
-    level = level_for(verbosity)
+def configure(verbosity: int = 0) -> None:
+    """Send ``kalm_bench`` log lines to stderr: warnings only (< 0), info (0) or debug (> 0)."""
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     os.environ[LEVEL_ENV] = logging.getLevelName(level)
-    _install(level, handler)
+    _install(level)
 
 
 def configure_worker() -> None:
@@ -41,7 +37,7 @@ def configure_worker() -> None:
     name = os.environ.get(LEVEL_ENV)
     level = logging.getLevelName(name) if name else None
     if isinstance(level, int):
-        _install(level, None)
+        _install(level)
 
 
 class _Stderr(logging.StreamHandler):
@@ -57,12 +53,11 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
-def _install(level: int, handler: logging.Handler | None) -> None:
+def _install(level: int) -> None:
     for old in [h for h in log.handlers if getattr(h, "_kalm_bench", False)]:
         log.removeHandler(old)
-    if handler is None:
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     handler._kalm_bench = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(level)

@@ -31,3 +31,14 @@ def test_github_workflow_runs_the_ci_script():
     steps = [s for job in wf["jobs"].values() for s in job["steps"]]
     assert any(s.get("run", "").strip() == ".ci/run" for s in steps)
     assert any(s.get("with", {}).get("python-version") == "3.11" for s in steps)
+
+
+def test_product_names_no_development_machine():
+    # Built by concatenation so that this file does not match itself.
+    pattern = re.compile("/" + "work/|\\.\\./" + "shared|[Ii]ssue " + "[0-9]")
+    roots = [ROOT / d for d in ("harness", "plugins", "suites", "results", "examples", "tests", ".ci", ".github")]
+    files = [p for r in roots for p in r.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+             and p.suffix not in {".png", ".npz", ".pyc"}] + [ROOT / "README.md", ROOT / "pyproject.toml"]
+    hits = [f"{p.relative_to(ROOT)}:{n}" for p in files for n, line in
+            enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    assert hits == []

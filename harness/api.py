@@ -144,6 +144,17 @@ class Environment(Component):
         """Rewards / end / success of a state sequence (``states`` has one more row than ``actions``)."""
         raise NotImplementedError(f"environment {self.name!r} cannot label rollouts")
 
+    def realistic_states(self, states: np.ndarray) -> np.ndarray | None:
+        """Which rows of ``states`` (shape ``(N, state_dim)``, raw units) are physically possible: a bool
+        array of length N. None (the default) means the env declares no realism check.
+
+        Imagined states can satisfy a goal check while being impossible (two objects in one place, an
+        object off the table); the rollouts stage uses this check as a filter (``rollouts.realistic``)
+        and reports the share of realistic rollouts next to goal match. Every state of the env's real
+        data must pass it.
+        """
+        return None
+
     def evaluate(self, policy: Policy, level: str, cases: Sequence[dict[str, Any]], seed: int,
                  embed: Callable[[list[str]], np.ndarray] | None = None,
                  progress: Progress = _no_progress, batch_size: int = 128) -> EvalResult:
@@ -318,13 +329,16 @@ class GroundingContext:
 
 @dataclass
 class ImagineContext:
-    model_dir: Path
+    """What a rollout source (or an LLM backend's ``imagine``) reads to propose rollouts for ``goals``."""
+
+    model_dir: Path | None  # the grounded model's directory (None for a source that uses no LLM)
     env: Environment
     level: str
     goals: list[dict[str, Any]]
     seed: int
-    labels: str  # "oracle" | "model"
+    labels: str  # "oracle" (the env's own checks) | "model" (the grounded model's success judgement)
     progress: Progress = _no_progress
+    llm: LLMHandle | None = None  # the grounded model, when the suite's LLM section provides one
 
 
 class LLMBackend(Component):
@@ -352,6 +366,13 @@ class LLMBackend(Component):
         """
         raise NotImplementedError(f"LLM backend {self.name!r} cannot act as a policy")
 
+    def judge(self, model_dir: Path, env: Environment, level: str, goals: Sequence[dict[str, Any]],
+              rollouts: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[RolloutLabels]:
+        """Optional: the grounded model's own labels of rollouts it did not generate (``labels: model`` for a
+        rollout source other than the LLM). ``rollouts`` holds ``(states, actions)`` in raw units, states
+        with one more row than actions. Backends that cannot judge raise :class:`NotImplementedError`."""
+        raise NotImplementedError(f"LLM backend {self.name!r} cannot judge rollouts it did not generate")
+
     def backbone(self, model_dir: Path, device: str) -> Any:
         """Optional: the model's transformer as a trainable torch module, for a Decision Transformer whose
         backbone is the LLM (the paper's DT baseline used Llama-2-7b-chat this way).
@@ -360,6 +381,25 @@ class LLMBackend(Component):
         and has an ``int`` attribute ``hidden_size``. Backends without one raise :class:`NotImplementedError`.
         """
         raise NotImplementedError(f"LLM backend {self.name!r} has no backbone for a Decision Transformer")
+
+
+class RolloutSource(Component):
+    """Proposes one labelled rollout per goal of a novel level: the imaginary data of a KALM-style variant.
+
+    ``llm`` (the grounded LLM's imagination) is KALM itself; ``random`` (random actions in the simulator
+    from the same initial states) is its no-LLM control. A suite names sources as algorithm variants
+    (``variants: [base, kalm, random]``; ``kalm`` is the ``llm`` source). The rollouts stage then applies
+    the suite's filters (``rollouts.keep``, ``rollouts.realistic``) to what the source returns.
+    """
+
+    needs_llm: ClassVar[bool] = False
+    """True when the source reads ``ImagineContext.llm`` (the plan then grounds an LLM for it)."""
+
+    @abc.abstractmethod
+    def propose(self, ctx: ImagineContext) -> TrajectoryDataset:
+        """One rollout per goal of ``ctx.goals``, in order, labelled as ``ctx.labels`` says: ``oracle`` with
+        ``ctx.env.label_rollout``, ``model`` with ``ctx.llm.backend.judge`` (or the model's own heads).
+        Each episode keeps its goal's instruction and goal; ``success`` is its label."""
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -183,8 +183,8 @@ def _write_tables(results: Path, fmt: str) -> dict[str, str]:
 def _render_report(results: Path, fmt: str, stat: str | None, reference: str | None, reference_env: str | None,
                    title: str | None = None) -> str:
     from .records import load_records
-    from .report import (build_comparison_table, build_diagnostics_table, build_gain_table, build_table,
-                         build_timing_table, provenance_lines)
+    from .report import (build_comparison_table, build_diagnostics_table, build_gain_table, build_rollouts_table,
+                         build_table, build_timing_table, provenance_lines)
 
     records = load_records(results)
     cfg: dict[str, Any] = {}
@@ -202,11 +202,16 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
     parts = [reporter.render(table, title=title or f"{suite_name}: success rate (%)")]
     gains = build_gain_table(records)
     if gains is not None:
-        parts.append(reporter.render(gains, title="KALM gain (points): mean of the per-seed paired differences "
-                                                  "KALM − base [95% Student-t CI] (n pairs)"))
+        parts.append(reporter.render(gains, title="Gains (points): mean of the differences paired by replication "
+                                                  "[95% Student-t CI] (n pairs); KALM − control is what the LLM "
+                                                  "adds beyond the control's rollouts"))
     for comp in cfg.get("comparisons", []) or []:
         parts.append(reporter.render(build_comparison_table(table, comp["rows"], comp.get("levels")),
                                      title=comp["title"]))
+    imaginary = build_rollouts_table(records)
+    if imaginary is not None:
+        parts.append(reporter.render(imaginary, title="Imaginary rollouts per source and level (mean ± std (n "
+                                                      "replications))"))
     diag = build_diagnostics_table(records)
     if diag is not None:
         parts.append(reporter.render(diag, title="LLM diagnostics (%)"))
@@ -224,7 +229,8 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
     cell = "mean ± std (n seeds)" if stat == "mean_std" else "IQM [95% stratified-bootstrap CI] (n seeds)"
     footer = (f"{len(ok)} runs ok, {len(failed)} failed. Cells: {cell} of the per-seed success rate, each the mean "
               f"over the last {ok[0].get('last_k', '?') if ok else '?'} checkpoints; a cell of one seed shows its "
-              "value alone.")
+              "value alone. Each seed is a replication: it re-runs the stages "
+              f"{', '.join(ok[0].get('replicate') or ['policy']) if ok else 'policy'}.")
     if fmt == "md":
         parts.append(footer + "\n")
         prov = provenance_lines(records, timings)
@@ -346,8 +352,8 @@ def plugins(as_json: bool) -> None:
 
 
 @cli.command(name="ls")
-@click.argument("kind", type=click.Choice(["envs", "algorithms", "llm_backends", "grounding_tasks", "encoders",
-                                           "executors", "reporters"]))
+@click.argument("kind", type=click.Choice(["envs", "algorithms", "llm_backends", "grounding_tasks",
+                                           "rollout_sources", "encoders", "executors", "reporters"]))
 @click.option("--json", "as_json", is_flag=True)
 def ls_cmd(kind: str, as_json: bool) -> None:
     """List what plugins registered of one kind, with presets, levels and options."""

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
         GroundingTask,
         LLMBackend,
         Reporter,
+        RolloutSource,
         TextEncoder,
     )
 
@@ -76,6 +77,15 @@ def register_grounding_tasks(register: Callable[[type[GroundingTask]], None]) ->
 
     :param register: call ``register(TaskClass)`` with a subclass of :class:`kalm_bench.api.GroundingTask`.
         A suite selects tasks by name (``llm.grounding_tasks``).
+    """
+
+
+@hookspec
+def register_rollout_sources(register: Callable[[type[RolloutSource]], None]) -> None:
+    """Register rollout sources: where a KALM-style variant's imaginary rollouts come from.
+
+    :param register: call ``register(SourceClass)`` with a subclass of :class:`kalm_bench.api.RolloutSource`.
+        A suite names a source as an algorithm variant (``variants: [base, kalm, random]``).
     """
 
 

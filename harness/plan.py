@@ -19,10 +19,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import api
 from .cache import stage_key
 from .errors import UserError
 from .plugins import Registry
-from .suite import REPLICABLE, REPLICATION_STRIDE, LoadedSuite, format_loc
+from .suite import BASE, KALM, REPLICABLE, REPLICATION_STRIDE, LoadedSuite, format_loc, row_label, variant_source
 
 STAGE_ORDER = ("dataset", "grounding", "rollouts", "train", "eval")
 
@@ -43,14 +44,13 @@ class Run:
     level: str
     row: str  # table row label of the algorithm
     algorithm: str
-    variant: str  # "base" | "kalm"
+    variant: str  # "base" | "kalm" | another rollout source's name
     seed: int
     imaginary_level: str | None
     stages: dict[str, str] = field(default_factory=dict)  # kind -> key
 
     def describe(self) -> str:
-        v = "+KALM" if self.variant == "kalm" else ""
-        return f"{self.row}{v} / {self.level} / seed {self.seed}"
+        return f"{row_label(self.row, self.variant)} / {self.level} / seed {self.seed}"
 
 
 @dataclass
@@ -103,8 +103,17 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
     data_level = env_levels[0]
 
     stages: dict[str, Stage] = {}
-    uses_llm = any(registry.get("algorithms", e.name).needs_llm or "kalm" in e.variants for e in s.algorithms
-                   if e.name in registry.names("algorithms"))
+    sources = _rollout_sources(registry, loaded)
+
+    def variant_needs_llm(variant: str) -> bool:
+        """The kalm variant's source reads the LLM; any source's rollouts do when the model labels them."""
+        return variant != BASE and (sources[variant][1].needs_llm or s.rollouts.labels == "model")
+
+    if s.rollouts.realistic and env_cls.realistic_states is api.Environment.realistic_states:
+        raise loaded.error(("rollouts", "realistic"), f"{s.env.name!r} declares no realism check "
+                           "(Environment.realistic_states)")
+    uses_llm = any(registry.get("algorithms", e.name).needs_llm or any(variant_needs_llm(v) for v in e.variants)
+                   for e in s.algorithms if e.name in registry.names("algorithms"))
     replicate = set(s.replicate if s.replicate is not None else
                     (("policy", "rollouts", "llm") if uses_llm else ("policy",)))
 
@@ -146,9 +155,9 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
         if env_cls.action_kind not in cls.action_kinds:
             raise loaded.error(("algorithms", i, "name"), f"{entry.name!r} handles {'/'.join(cls.action_kinds)} "
                                f"actions, but {s.env.name!r} has {env_cls.action_kind} actions")
-        if cls.needs_llm and "kalm" in entry.variants:
+        if cls.needs_llm and entry.variants != [BASE]:
             raise loaded.error(("algorithms", i, "variants"), f"{entry.name!r} acts through the LLM itself; "
-                               "it has no KALM variant")
+                               "it has no variant with imaginary data")
         algo_specs.append((entry, spec, cls))
 
     # -- LLM grounding: one stage per distinct LLM section (the suite's, or an entry's changes to it)
@@ -179,7 +188,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
     grounding_of: dict[tuple[int, int], str] = {}  # (entry, replication) → grounding key
     llm_suffix: dict[str, str] = {}  # grounding key → label suffix naming the row that changed the LLM
     for i, (entry, _, cls) in enumerate(algo_specs):
-        if cls.needs_llm or "kalm" in entry.variants:
+        if cls.needs_llm or any(variant_needs_llm(v) for v in entry.variants):
             for seed in s.seed_list:
                 grounding_of[(i, seed)] = grounding_for(i, entry, seed)
         elif entry.llm is not None:  # an override nothing reads would silently change nothing
@@ -187,7 +196,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                                "uses no LLM; an entry's llm section needs the kalm variant or an LLM-based "
                                "algorithm")
 
-    def rollouts_for(level: str, grounding_key: str, seed: int) -> tuple[str, str]:
+    def rollouts_for(level: str, grounding_key: str | None, seed: int, variant: str) -> tuple[str, str]:
         target = s.rollouts.for_level.get(level, level)
         if target not in env_levels:
             raise loaded.error(("rollouts", "for_level", level), f"unknown level {target!r}")
@@ -195,12 +204,21 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
             raise loaded.error(("rollouts", "counts"), f"KALM runs on level {level!r} need imaginary rollouts of "
                                f"level {target!r}: add rollouts.counts.{target}")
         rollout_seed = stage_seed("rollouts", s.rollouts.seed, seed)
-        label = f"{target} rollouts{llm_suffix[grounding_key]}"
-        if "rollouts" in replicate and "llm" not in replicate:
+        deps = {"dataset": dataset_keys[seed]}
+        label = f"{target} rollouts" + ("" if variant == KALM else f" ({variant})")
+        if variant_needs_llm(variant):
+            assert grounding_key is not None
+            deps["grounding"] = grounding_key
+            label += llm_suffix[grounding_key]
+            if "rollouts" in replicate and "llm" not in replicate:
+                label += rep_label("rollouts", seed)
+        else:
             label += rep_label("rollouts", seed)
+        # Same seed, so every source of a replication proposes for the same goals and initial states.
         key = add("rollouts", {"env": env_spec, "level": target, "count": s.rollouts.counts[target],
-                               "seed": rollout_seed, "labels": s.rollouts.labels},
-                  {"dataset": dataset_keys[seed], "grounding": grounding_key}, label)
+                               "seed": rollout_seed, "labels": s.rollouts.labels, "source": sources[variant][0],
+                               "keep": s.rollouts.keep, "realistic": s.rollouts.realistic},
+                  deps, label)
         return target, key
 
     for lv in s.rollouts.for_level:
@@ -215,7 +233,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
             if lv not in env_levels:
                 raise loaded.error(("eval", "episodes", lv), f"unknown level {lv!r}; valid: {', '.join(env_levels)}")
 
-    rows = {e.row for e, _, _ in algo_specs} | {f"{e.row} +KALM" for e, _, _ in algo_specs if "kalm" in e.variants}
+    rows = {row_label(e.row, v) for e, _, _ in algo_specs for v in e.variants}
     for i, comp in enumerate(s.report.comparisons):
         for j, row in enumerate(comp.rows):
             if row not in rows:
@@ -244,26 +262,27 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                     imag_level = None
                     if cls.needs_llm:
                         deps["grounding"] = grounding_key  # type: ignore[assignment]
-                    if variant == "kalm":
-                        imag_level, rkey = rollouts_for(level, grounding_key, seed)  # type: ignore[arg-type]
+                    if variant != BASE:
+                        imag_level, rkey = rollouts_for(level, grounding_key, seed, variant)
                         deps["rollouts"] = rkey
-                        deps["grounding"] = grounding_key  # type: ignore[assignment]
+                        if variant_needs_llm(variant):
+                            deps["grounding"] = grounding_key  # type: ignore[assignment]
                     train_spec = {"env": env_spec, "algorithm": algo_spec, "encoder": encoder_spec, "seed": seed,
                                   **train_common,
-                                  "imaginary_fraction": imaginary_fraction if variant == "kalm" else 0.0}
-                    if variant == "base" and base_train is not None:
+                                  "imaginary_fraction": imaginary_fraction if variant != BASE else 0.0}
+                    if variant == BASE and base_train is not None:
                         train_key = base_train
                     else:
-                        train_key = add("train", train_spec, deps, f"{entry.row}{'+KALM' if variant == 'kalm' else ''}"
+                        train_key = add("train", train_spec, deps, f"{row_label(entry.row, variant)}"
                                         f"{f' ({imag_level})' if imag_level else ''} seed {seed}")
-                        if variant == "base":
+                        if variant == BASE:
                             base_train = train_key
                     n_eval = s.eval.episodes.get(level) if isinstance(s.eval.episodes, dict) else s.eval.episodes
                     eval_key = add("eval", {"env": env_spec, "level": level, "episodes": n_eval, "seed": s.eval.seed,
                                             "batch_size": s.eval.batch_size, "algorithm": algo_spec,
-                                            "encoder": encoder_spec},
-                                   {"train": train_key}, f"eval {entry.row}{'+KALM' if variant == 'kalm' else ''} "
-                                   f"{level} seed {seed}")
+                                            "encoder": encoder_spec,
+                                            "checkpoints": "all" if s.eval.curve else s.eval.last_k},
+                                   {"train": train_key}, f"eval {row_label(entry.row, variant)} {level} seed {seed}")
                     run_stages = {"dataset": dataset_key, "train": train_key, "eval": eval_key}
                     if "grounding" in deps:
                         run_stages["grounding"] = grounding_key  # type: ignore[assignment]
@@ -277,6 +296,29 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
     ordered = dict(sorted(stages.items(), key=lambda kv: STAGE_ORDER.index(kv[1].kind)))
     return Plan(loaded, ordered, runs, levels=list(levels), data_level=data_level,
                 replicate=[k for k in REPLICABLE if k in replicate])
+
+
+def _rollout_sources(registry: Registry, loaded: LoadedSuite) -> dict[str, tuple[dict[str, Any], type]]:
+    """Variant → (spec, class) of its rollout source, for every variant other than base."""
+    s = loaded.suite
+    valid = sorted({BASE, KALM} | {n for n in registry.names("rollout_sources") if n != "llm"})
+    for name in s.rollouts.sources:
+        if name not in registry.names("rollout_sources"):
+            raise loaded.error(("rollouts", "sources", name), f"unknown rollout source {name!r}; valid: "
+                               f"{', '.join(sorted(registry.names('rollout_sources')))}")
+    out: dict[str, tuple[dict[str, Any], type]] = {}
+    for i, entry in enumerate(s.algorithms):
+        for j, variant in enumerate(entry.variants):
+            source = variant_source(variant)
+            if source is None or variant in out:
+                continue
+            if source not in registry.names("rollout_sources"):
+                raise loaded.error(("algorithms", i, "variants", j), f"unknown variant {variant!r}; valid: "
+                                   f"{', '.join(valid)} (a variant other than base names a rollout source)")
+            spec = _component(registry, "rollout_sources", source, None, s.rollouts.sources.get(source, {}), loaded,
+                              ("rollouts", "sources", source))
+            out[variant] = (spec, registry.get("rollout_sources", source))
+    return out
 
 
 def _dataset_identity(path: Any, loaded: LoadedSuite) -> dict[str, Any]:

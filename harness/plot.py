@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
-from .report import _groups, _levels, _reference_cell, row_label
+from .report import _groups, _levels, _reference_cell, _variant_order, variant_of
+from .suite import BASE, KALM, row_label
 
 
 def _pyplot():
@@ -31,17 +32,18 @@ def plot_bars(records: list[dict[str, Any]], out: Path, reference=None, referenc
     groups = _groups(records)
     if not groups:
         raise UserError("no successful runs to plot")
-    refname = {(r["algorithm"], bool(r.get("kalm"))): r.get("reference_name") or r["algorithm"] for r in records}
+    refname = {(r["algorithm"], variant_of(r)): r.get("reference_name") or r["algorithm"] for r in records}
     series = []  # (label, means, stds, hatched)
-    for (algo, kalm), per_level in groups.items():
+    for (algo, variant), per_level in groups.items():
         vals = [list(per_level.get(lv, {}).values()) for lv in levels]
-        series.append((row_label(algo, kalm), [np.mean(v) if v else np.nan for v in vals],
+        series.append((row_label(algo, variant), [np.mean(v) if v else np.nan for v in vals],
                        [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in vals], False))
-        if reference is not None:
-            cells = [_reference_cell(reference, reference_env, lv, refname[(algo, kalm)], kalm) for lv in levels]
+        if reference is not None and variant in (BASE, KALM):
+            cells = [_reference_cell(reference, reference_env, lv, refname[(algo, variant)], variant == KALM)
+                     for lv in levels]
             means = [c[1] if c[1] is not None else np.nan for c in cells]
             if not all(np.isnan(means)):
-                series.append((row_label(algo, kalm) + " (paper)", means, [0.0] * len(levels), True))
+                series.append((row_label(algo, variant) + " (paper)", means, [0.0] * len(levels), True))
     width = 0.8 / len(series)
     x = np.arange(len(levels))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(levels) * max(1, len(series) / 3)), 4))
@@ -69,10 +71,10 @@ def plot_curves(records: list[dict[str, Any]], out: Path) -> Path:
     plt = _pyplot()
     levels, _ = _levels(records)
     curves: OrderedDict[tuple[str, str], list[list[tuple[int, float]]]] = OrderedDict()
-    for r in sorted(records, key=lambda r: (r.get("row_index", 0), bool(r.get("kalm")))):
+    for r in sorted(records, key=lambda r: (r.get("row_index", 0), _variant_order(variant_of(r)))):
         if r.get("status") != "ok" or not r.get("curve"):
             continue
-        key = (row_label(r["algorithm"], bool(r.get("kalm"))), r["level"])
+        key = (row_label(r["algorithm"], variant_of(r)), r["level"])
         curves.setdefault(key, []).append([(c["step"], 100 * c["success_rate"]) for c in r["curve"]])
     if not curves:
         raise UserError("no learning curves in these records")

@@ -23,7 +23,7 @@ from . import api, hookspecs
 from .errors import PluginError, UserError
 
 GROUP = "kalm_bench"
-BUILTIN_PLUGINS = ("kalm_bench.builtin.executors", "kalm_bench.builtin.reporters")
+BUILTIN_PLUGINS = ("kalm_bench.builtin.executors", "kalm_bench.builtin.reporters", "kalm_bench.builtin.sources")
 
 # registry kind -> (hook name, required base class)
 KINDS: dict[str, tuple[str, type]] = {
@@ -31,12 +31,13 @@ KINDS: dict[str, tuple[str, type]] = {
     "algorithms": ("register_algorithms", api.Algorithm),
     "llm_backends": ("register_llm_backends", api.LLMBackend),
     "grounding_tasks": ("register_grounding_tasks", api.GroundingTask),
+    "rollout_sources": ("register_rollout_sources", api.RolloutSource),
     "encoders": ("register_encoders", api.TextEncoder),
     "executors": ("register_executors", api.Executor),
     "reporters": ("register_reporters", api.Reporter),
 }
 SINGULAR = {"envs": "environment", "algorithms": "algorithm", "llm_backends": "LLM backend",
-            "grounding_tasks": "grounding task", "encoders": "text encoder", "executors": "executor",
+            "grounding_tasks": "grounding task", "rollout_sources": "rollout source", "encoders": "text encoder", "executors": "executor",
             "reporters": "reporter"}
 
 

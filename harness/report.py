@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import stats
 from .errors import UserError
+from .suite import BASE, KALM, row_label
 
 NOVEL = "novel mean"
 REFERENCE_COLUMNS = ("env", "level", "algorithm", "kalm", "success_mean_pct", "std_pct")
@@ -39,10 +40,6 @@ def load_reference(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def row_label(algorithm: str, kalm: bool) -> str:
-    return f"{algorithm} +KALM" if kalm else algorithm
-
-
 def _levels(records: list[dict[str, Any]]) -> tuple[list[str], str | None]:
     for r in records:
         if r.get("levels"):
@@ -51,13 +48,21 @@ def _levels(records: list[dict[str, Any]]) -> tuple[list[str], str | None]:
     return seen, None
 
 
-def _groups(records: list[dict[str, Any]]) -> OrderedDict[tuple[str, bool], dict[str, dict[int, float]]]:
-    """(algorithm, kalm) → level → seed → success % (ok records only, in first-seen order)."""
-    out: OrderedDict[tuple[str, bool], dict[str, dict[int, float]]] = OrderedDict()
-    for r in sorted(records, key=lambda r: (r.get("row_index", 0), bool(r.get("kalm")), r["seed"])):
+def variant_of(record: dict[str, Any]) -> str:
+    return str(record.get("variant") or (KALM if record.get("kalm") else BASE))
+
+
+def _variant_order(variant: str) -> tuple[int, str]:
+    return (0 if variant == BASE else 1 if variant == KALM else 2, variant)
+
+
+def _groups(records: list[dict[str, Any]]) -> OrderedDict[tuple[str, str], dict[str, dict[int, float]]]:
+    """(algorithm, variant) → level → seed → success % (ok records only; base, KALM, then controls)."""
+    out: OrderedDict[tuple[str, str], dict[str, dict[int, float]]] = OrderedDict()
+    for r in sorted(records, key=lambda r: (r.get("row_index", 0), _variant_order(variant_of(r)), r["seed"])):
         if r.get("status") != "ok":
             continue
-        key = (r["algorithm"], bool(r.get("kalm")))
+        key = (r["algorithm"], variant_of(r))
         out.setdefault(key, {}).setdefault(r["level"], {})[int(r["seed"])] = 100.0 * float(r["success_rate"])
     return out
 
@@ -88,15 +93,17 @@ def build_table(records: list[dict[str, Any]], stat: str = "mean_std", reference
     levels, data_level = _levels(records)
     novel = [lv for lv in levels if lv != (data_level or levels[0])] if levels else []
     groups = _groups(records)
-    refname = {(r["algorithm"], bool(r.get("kalm"))): r.get("reference_name") or r["algorithm"] for r in records}
+    refname = {(r["algorithm"], variant_of(r)): r.get("reference_name") or r["algorithm"] for r in records}
     rows = []
-    for (algo, kalm), per_level in groups.items():
-        row: dict[str, str] = {"algorithm": row_label(algo, kalm)}
+    for (algo, variant), per_level in groups.items():
+        row: dict[str, str] = {"algorithm": row_label(algo, variant)}
         ref_means = {}
         for lv in levels:
             row[lv] = _cell(list(per_level.get(lv, {}).values()), stat, reps)
             if reference is not None:
-                ref = _reference_cell(reference, reference_env, lv, refname[(algo, kalm)], kalm)
+                # The paper has base and KALM rows only; a control row has no published number.
+                ref = (_reference_cell(reference, reference_env, lv, refname[(algo, variant)], variant == KALM)
+                       if variant in (BASE, KALM) else ("–", None))
                 row[f"{lv} (paper)"] = ref[0]
                 ref_means[lv] = ref[1]
         if len(novel) > 1:
@@ -130,22 +137,37 @@ def _reference_cell(ref: pd.DataFrame, env: str | None, level: str, algorithm: s
 
 
 def build_gain_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
-    """KALM − base success per level (points): the mean of the differences paired by seed (the KALM run and
-    the base run of the same seed), with a 95 % Student-t interval and the number of pairs; one pair gets no
-    interval. Seeds that only one of the two has are left out of the pairing."""
+    """Paired differences of success (points) per level and over the novel levels: each variant with imaginary
+    data against the base run of its replication (``BC +KALM − BC``, ``BC +random − BC``), and KALM against
+    each control (``BC +KALM − BC +random``: what the LLM adds beyond the control's rollouts). A cell is the
+    mean of the per-replication differences with a 95 % Student-t interval and the number of pairs; one
+    pair gets no interval. Replications that only one side has are left out of the pairing."""
     levels, data_level = _levels(records)
+    novel = [lv for lv in levels if lv != (data_level or levels[0])] if levels else []
     groups = _groups(records)
+
+    def novel_mean(per_level: dict[str, dict[int, float]]) -> dict[int, float]:
+        seeds = set.intersection(*(set(per_level.get(lv, {})) for lv in novel)) if novel else set()
+        return {sd: float(np.mean([per_level[lv][sd] for lv in novel])) for sd in seeds}
+
+    comparisons = []  # (minuend, subtrahend): per algorithm every variant − base, then KALM − each control
+    for algo in OrderedDict.fromkeys(a for a, _ in groups):
+        variants = [v for a, v in groups if a == algo]
+        comparisons += [((algo, v), (algo, BASE)) for v in variants if v != BASE and BASE in variants]
+        if KALM in variants:
+            comparisons += [((algo, KALM), (algo, v)) for v in variants if v not in (BASE, KALM)]
     rows = []
-    for (algo, kalm), per_level in groups.items():
-        if not kalm or (algo, False) not in groups:
-            continue
-        base = groups[(algo, False)]
-        row = {"algorithm": algo}
-        for lv in levels:
-            d, lo, hi, n = stats.paired_t_ci(per_level.get(lv, {}), base.get(lv, {}))
-            row[lv] = ("–" if n == 0 else f"{d:+.1f} (1)" if n == 1 else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] ({n})")
+    for mine, other in comparisons:
+        per_level = groups[mine]
+        row = {"difference": f"{row_label(*mine)} − {row_label(*other)}"}
+        columns = [(lv, per_level.get(lv, {}), groups[other].get(lv, {})) for lv in levels]
+        if len(novel) > 1:
+            columns.append((NOVEL, novel_mean(per_level), novel_mean(groups[other])))
+        for col, a_vals, b_vals in columns:
+            d, lo, hi, n = stats.paired_t_ci(a_vals, b_vals)
+            row[col] = "–" if n == 0 else f"{d:+.1f} (1)" if n == 1 else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] ({n})"
         rows.append(row)
-    return pd.DataFrame(rows).set_index("algorithm") if rows else None
+    return pd.DataFrame(rows).set_index("difference") if rows else None
 
 
 def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
@@ -164,8 +186,11 @@ def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | Non
         metrics = setting.setdefault(r["data_keys"].get("grounding", ""), {})
         for k, v in (r.get("llm_diagnostics") or {}).items():
             metrics[k] = 100 * v if isinstance(v, float) and 0 <= v <= 1 else v
-        if r.get("rollouts") and r.get("imaginary_level") and r["rollouts"].get("goal_match_rate") is not None:
-            metrics[f"goal_match_{r['imaginary_level']}"] = 100 * r["rollouts"]["goal_match_rate"]
+        ro = r.get("rollouts")
+        if variant_of(r) == KALM and ro and r.get("imaginary_level") and ro.get("goal_match_rate") is not None:
+            metrics[f"goal_match_{r['imaginary_level']}"] = 100 * ro["goal_match_rate"]
+            if ro.get("realistic_goal_match_rate") is not None:
+                metrics[f"realistic_goal_match_{r['imaginary_level']}"] = 100 * ro["realistic_goal_match_rate"]
     if not values:
         return None
     columns: dict[str, dict[str, str]] = OrderedDict()
@@ -182,6 +207,43 @@ def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | Non
     table = pd.DataFrame(columns).fillna("–")
     table.index.name = "metric"
     return table.sort_index()
+
+
+def build_rollouts_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """The imaginary data per source and level, over its replications (``mean ± std (n)``): rollouts proposed,
+    goal match (labelled successful), realistic (every state passes the env's realism check), realistic goal
+    match (both), and the episodes kept by the suite's filters."""
+    per: dict[tuple[str, str], dict[str, dict[str, float]]] = OrderedDict()  # (source, level) → key → figures
+    for r in sorted(records, key=lambda r: _variant_order(variant_of(r))):
+        ro = r.get("rollouts")
+        if r.get("status") != "ok" or not ro or not r.get("imaginary_level"):
+            continue
+        source = "LLM (kalm)" if variant_of(r) == KALM else variant_of(r)
+        if variant_of(r) == KALM and r.get("llm_backend"):
+            source = f"LLM: {r['llm_backend']}"
+        figures = per.setdefault((source, r["imaginary_level"]), {}).setdefault(r["data_keys"]["rollouts"], {})
+        for name, key, scale in (("proposed", "n_proposed", 1), ("goal match %", "goal_match_rate", 100),
+                                 ("realistic %", "realistic_rate", 100),
+                                 ("realistic goal match %", "realistic_goal_match_rate", 100),
+                                 ("kept", "n_episodes", 1)):
+            if ro.get(key) is not None:
+                figures[name] = scale * float(ro[key])
+    if not per:
+        return None
+    levels, _ = _levels(records)
+    order = {lv: i for i, lv in enumerate(levels)}
+    rows = []
+    first = {src: i for i, src in enumerate(OrderedDict.fromkeys(src for src, _ in per))}
+    for (source, level), by_key in sorted(per.items(), key=lambda kv: (first[kv[0][0]], order.get(kv[0][1], 99))):
+        row = {"source": source, "level": level}
+        for name in ("proposed", "goal match %", "realistic %", "realistic goal match %", "kept"):
+            vals = [f[name] for f in by_key.values() if name in f]
+            if name in ("proposed", "kept") and vals and len(set(vals)) == 1:
+                row[name] = f"{vals[0]:.0f} ({len(vals)})"  # a count that every replication shares
+            else:
+                row[name] = _cell(vals, "mean_std", 0) if vals else "–"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("source")
 
 
 def _short_hash(text: str) -> str:

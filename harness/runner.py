@@ -320,8 +320,11 @@ class Runner:
                 if kind == "grounding":
                     rec["llm_diagnostics"] = m.get("diagnostics", {})
                 if kind == "rollouts":
-                    rec["rollouts"] = {k: m.get(k) for k in ("n_episodes", "n_transitions", "goal_match_rate",
+                    rec["rollouts"] = {k: m.get(k) for k in ("n_episodes", "n_transitions", "n_proposed",
+                                                             "goal_match_rate", "realistic_rate",
+                                                             "realistic_goal_match_rate", "keep", "realistic",
                                                              "attrs")}
+                    rec["rollout_source"] = self.plan.stages[key].spec["source"]["name"]
                 if kind == "eval":
                     curve = m["curve"]
                     k = min(s.eval.last_k, len(curve))

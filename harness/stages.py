@@ -200,18 +200,60 @@ def _build_grounding(stage: Stage, store: ArtifactStore, out: Path, progress: Pr
 def _build_rollouts(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:
     spec = stage.spec
     env = make_component("envs", spec["env"])
-    gpath = store.path("grounding", stage.deps["grounding"])
-    gspec = json.loads((gpath / "stage.json").read_text())["spec"]
-    backend = make_component("llm_backends", gspec["backend"])
+    source = make_component("rollout_sources", spec["source"])
+    llm, model_dir = None, None
+    if "grounding" in stage.deps:
+        gpath = store.path("grounding", stage.deps["grounding"])
+        gspec = json.loads((gpath / "stage.json").read_text())["spec"]
+        model_dir = gpath / "model"
+        llm = api.LLMHandle(make_component("llm_backends", gspec["backend"]), model_dir)
     seed = int(spec["seed"])
     goals = env.sample_goals(spec["level"], int(spec["count"]), seed)
     seed_everything(seed)
-    ds = backend.imagine(api.ImagineContext(model_dir=gpath / "model", env=env, level=spec["level"], goals=goals,
-                                            seed=seed, labels=spec["labels"], progress=progress))
+    proposed = source.propose(api.ImagineContext(model_dir=model_dir, env=env, level=spec["level"], goals=goals,
+                                                 seed=seed, labels=spec["labels"], progress=progress, llm=llm))
+    ds, figures = filter_rollouts(proposed, env, keep=spec["keep"], realistic=spec["realistic"])
     ds.save(out / "dataset")
-    scalars = {k: v for k, v in ds.attrs.items() if isinstance(v, (int, float, str, bool))}
-    return {"n_episodes": ds.n_episodes, "n_transitions": ds.n_transitions,
-            "goal_match_rate": float(np.mean(ds.success)) if ds.n_episodes else None, "attrs": scalars}
+    scalars = {k: v for k, v in proposed.attrs.items() if isinstance(v, (int, float, str, bool))}
+    return {"n_episodes": ds.n_episodes, "n_transitions": ds.n_transitions, **figures, "attrs": scalars}
+
+
+def filter_rollouts(ds: TrajectoryDataset, env: api.Environment, keep: str, realistic: bool
+                    ) -> tuple[TrajectoryDataset, dict[str, Any]]:
+    """Apply the suite's rollout filters; the figures describe what the source proposed and what was kept.
+
+    ``goal_match_rate`` is the share of proposed rollouts labelled successful; ``realistic_rate`` the share
+    whose every state passes the env's realism check and ``realistic_goal_match_rate`` the share that are
+    both (None when the env declares no check).
+    """
+    n = ds.n_episodes
+    success = np.asarray(ds.success, bool)
+    real_ok = realistic_episodes(ds, env)
+    figures: dict[str, Any] = {
+        "n_proposed": n, "goal_match_rate": float(success.mean()) if n else None,
+        "realistic_rate": float(real_ok.mean()) if real_ok is not None and n else None,
+        "realistic_goal_match_rate": float((real_ok & success).mean()) if real_ok is not None and n else None,
+        "keep": keep, "realistic": realistic}
+    mask = np.ones(n, bool)
+    if keep == "success":
+        mask &= success
+    if realistic:
+        assert real_ok is not None  # the plan refuses the filter for an env without a check
+        mask &= real_ok
+    if mask.all():
+        return ds, figures
+    episodes = [ds.episode(i) for i in np.nonzero(mask)[0]]
+    kept = TrajectoryDataset.from_episodes(episodes, env=ds.env, action_kind=ds.action_kind,
+                                           action_size=int(ds.action_size), seed=ds.seed, source=ds.source,
+                                           attrs=ds.attrs, state_dim=ds.state_dim)
+    return kept, figures
+
+
+def realistic_episodes(ds: TrajectoryDataset, env: api.Environment) -> np.ndarray | None:
+    """Per episode: does every state of it pass the env's realism check? None when the env has no check."""
+    if env.realistic_states(np.zeros((0, ds.state_dim), np.float32)) is None:
+        return None
+    return np.array([bool(np.asarray(env.realistic_states(e.states), bool).all()) for e in ds.episodes()], bool)
 
 
 def _build_train(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:
@@ -256,6 +298,9 @@ def _build_eval(stage: Stage, store: ArtifactStore, out: Path, progress: Progres
     cases = env.test_cases(level, None if n is None else int(n), int(spec["seed"]))
     curve = []
     steps = tstage["checkpoints"]
+    # Only the scored checkpoints (the final part of training) unless the suite asks for whole curves.
+    if spec.get("checkpoints", "all") != "all":
+        steps = steps[-int(spec["checkpoints"]):]
     for i, step in enumerate(steps):
         policy = algo.load_policy(tpath / "checkpoints" / f"{step:09d}", ctx)
         res = env.evaluate(policy, level, cases, int(spec["seed"]), embed=encoder,

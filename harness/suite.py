@@ -63,6 +63,12 @@ class RolloutsSection(_Model):
     labels: Literal["oracle", "model"] = "oracle"
     for_level: dict[str, str] = Field(default_factory=dict,
                                       description="level → level whose rollouts its KALM runs train on")
+    keep: Literal["all", "success"] = Field("all", description="which rollouts become imaginary data: all, or "
+                                                               "only those labelled successful")
+    realistic: bool = Field(False, description="drop rollouts with a state the env's realism check rejects")
+    sources: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                               description="rollout source → its options (e.g. random: "
+                                                           "{max_rollout_length: 20})")
 
     @field_validator("counts")
     @classmethod
@@ -106,11 +112,23 @@ class AlgorithmEntry(_Model):
     label: str | None = Field(None, description="row name in tables; default: the algorithm name")
     preset: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
-    variants: list[Literal["base", "kalm"]] = Field(default_factory=lambda: ["base"], min_length=1)
+    variants: list[str] = Field(default_factory=lambda: ["base"], min_length=1,
+                                description="base (real data only), kalm (plus the LLM's imagined rollouts) "
+                                            "or another rollout source's name (plus its rollouts, e.g. "
+                                            "random: the no-LLM control)")
     reference: str | None = Field(None, description="algorithm name in the reference CSV; default: label")
     llm: LLMOverride | None = Field(None, description="this entry's changes to the suite's llm section")
     train: TrainOverride | None = Field(None, description="this entry's changes to the suite's train section "
                                                           "(e.g. fewer steps for a slow algorithm)")
+
+    @field_validator("variants")
+    @classmethod
+    def _distinct_variants(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each variant may be named once")
+        if "llm" in v:
+            raise ValueError("the llm rollout source is the kalm variant: write kalm")
+        return v
 
     @property
     def row(self) -> str:
@@ -132,13 +150,14 @@ class EvalSection(_Model):
     episodes: int | dict[str, int] | None = Field(None, description="test cases per level; default: env's")
     seed: int = 7
     last_k: int = Field(5, ge=1, description="report the mean over the last k checkpoints")
+    curve: bool = Field(False, description="evaluate every checkpoint (learning curves), not only the last k")
     batch_size: int = Field(128, ge=1)
 
 
 class ComparisonSpec(_Model):
     title: str = Field(min_length=1)
     rows: list[str] = Field(min_length=1, description="table rows to compare: labels, '<label> +KALM' for KALM "
-                                                      "variants")
+                                                      "variants, '<label> +<source>' for other sources")
     levels: list[str] | None = Field(None, description="columns; default: every evaluated level")
 
 
@@ -150,6 +169,19 @@ class ReportSection(_Model):
     comparisons: list[ComparisonSpec] = Field(default_factory=list,
                                               description="extra tables picking rows and levels of the main "
                                                           "one, e.g. the paper's Fig. 5")
+
+
+BASE, KALM, LLM_SOURCE = "base", "kalm", "llm"  # variants: real data only; plus the LLM's rollouts (its source)
+
+
+def variant_source(variant: str) -> str | None:
+    """The rollout source of an algorithm variant (None for base: no imaginary data)."""
+    return None if variant == BASE else LLM_SOURCE if variant == KALM else variant
+
+
+def row_label(row: str, variant: str) -> str:
+    """Table row of an algorithm entry's variant: ``BC``, ``BC +KALM``, ``BC +random``."""
+    return row if variant == BASE else f"{row} +KALM" if variant == KALM else f"{row} +{variant}"
 
 
 REPLICABLE = ("policy", "rollouts", "llm", "data")

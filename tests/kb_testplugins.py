@@ -92,9 +92,13 @@ class LineWorld(Environment):
 
     class Config(StrictConfig):
         noise: float = 0.0
+        unrealistic_cell: int | None = None  # the realism check rejects states on this cell
 
     def make(self, level: str):
         return _LineEnv(level, self.horizon)
+
+    def realistic_states(self, states):
+        return np.asarray(states)[:, 0] != (-1 if self.config.unrealistic_cell is None else self.config.unrealistic_cell)
 
     def generate_dataset(self, n_episodes, seed, progress=lambda d, t: None, **options):
         if options.get("fail"):

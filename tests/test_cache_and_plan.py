@@ -95,7 +95,7 @@ def test_kalm_trainings_depend_on_rollouts_but_base_does_not(core_env, suite_fil
     before, p1 = _keys(suite_file)
     after, p2 = _keys(suite_file, "rollouts.counts.far=41")
     changed = {label for (kind, label), key in before.items() if after.get((kind, label)) != key and kind == "train"}
-    assert changed == {"tabular-bc+KALM (far) seed 0", "tabular-bc+KALM (far) seed 1"}
+    assert changed == {"tabular-bc +KALM (far) seed 0", "tabular-bc +KALM (far) seed 1"}
 
 
 def test_plugin_version_is_part_of_the_key(core_env, suite_file, monkeypatch):

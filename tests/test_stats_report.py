@@ -98,9 +98,9 @@ def test_iqm_table_and_gain_table():
     assert t.loc["CQL +KALM", "a"] == "60.0 [60.0, 60.0] (2)"
     g = build_gain_table(RECORDS)
     # paired by seed: 80 − 30 = 50 and 80 − 70 = 10; mean 30, se 20, t(0.975, df 1) = 12.706 → ± 254.1
-    assert g.loc["CQL", "b"] == "+30.0 [-224.1, +284.1] (2)"
+    assert g.loc["CQL +KALM − CQL", "b"] == "+30.0 [-224.1, +284.1] (2)"
     one = build_gain_table([r for r in RECORDS if r["seed"] == 0])
-    assert one.loc["CQL", "b"] == "+50.0 (1)"  # one pair: no interval
+    assert one.loc["CQL +KALM − CQL", "b"] == "+50.0 (1)"  # one pair: no interval
     assert build_table([r for r in RECORDS if r["seed"] == 0]).loc["CQL", "seen"] == "20.0 (1)"
     with pytest.raises(UserError):
         build_table(RECORDS, stat="median")
@@ -128,3 +128,21 @@ def test_shipped_paper_reference_loads():
     df = load_reference(ROOT / "suites" / "reference" / "kalm_paper_results.csv")
     cql = df[(df.env == "clevr") & (df.level == "rephrase") & (df.algorithm == "CQL") & (df.kalm == "yes")]
     assert len(cql) == 1 and isinstance(df, pd.DataFrame)
+
+
+def test_control_rows_and_llm_contribution_hand_computed():
+    control = [{**_rec("CQL", False, lv, sd, rate), "variant": "random", "run_id": f"r{lv}{sd}"}
+               for lv, sd, rate in (("seen", 0, 0.4), ("a", 0, 0.2), ("b", 0, 0.5),
+                                    ("seen", 1, 0.3), ("a", 1, 0.4), ("b", 1, 0.6))]
+    records = RECORDS + control
+    t = build_table(records)
+    assert list(t.index) == ["CQL", "CQL +KALM", "CQL +random"]
+    assert t.loc["CQL +random", "a"] == "30.0 ± 14.1 (2)"
+    g = build_gain_table(records)
+    assert list(g.index) == ["CQL +KALM − CQL", "CQL +random − CQL", "CQL +KALM − CQL +random"]
+    # KALM − control on a: 60 − 20 = 40 and 60 − 40 = 20 → mean 30, sd 14.142, se 10, t(0.975, 1) 12.706
+    assert g.loc["CQL +KALM − CQL +random", "a"] == "+30.0 [-97.1, +157.1] (2)"
+    # control − base on b: 50 − 30 = 20, 60 − 70 = −10 → mean 5, se 15 → ± 190.6
+    assert g.loc["CQL +random − CQL", "b"] == "+5.0 [-185.6, +195.6] (2)"
+    # novel mean, KALM − control: seed 0 (70 − 35) = 35, seed 1 (70 − 50) = 20 → mean 27.5, se 7.5 → ± 95.3
+    assert g.loc["CQL +KALM − CQL +random", "novel mean"] == "+27.5 [-67.8, +122.8] (2)"

@@ -88,17 +88,54 @@ def _episode_range(args: tuple) -> list:
     return out
 
 
+# Named settings of the behaviour options. An option given explicitly beside ``preset`` wins.
+DATA_PRESETS: dict[str, dict[str, Any]] = {
+    # The noiseless expert: the defaults (epsilon from the config's expert_epsilon).
+    "expert": {},
+    # Behaviour noise like KALM's released clevr_robot.npy (80 episodes, one per seen goal), measured with
+    # behaviour_stats. KALM / ours, ours = 4,000 episodes generated at seed 0 (3,995 succeeded and are kept):
+    #   matched: success 80/80 -> keep_failures False (ours 100% of the kept episodes, 99.9% generated);
+    #     50-push limit (KALM pads to 50, longest 49 / ours 50); epsilon picked to match the length
+    #     distribution: geometric mean 6.7 / 6.6, mean 11.2 / 9.8, q25 3 / 4, q75 13.25 / 14;
+    #   not matched: median 5 / 7, q90 31 / 21, one-push episodes 0% / 9%; pushes of a third ball (neither
+    #     source nor destination) 4.8% / 42%; pushes bringing the source closer to its target 70% / 63%;
+    #     disagreement with the noiseless expert 83% / 67% (KALM's pushes follow another policy, mostly
+    #     pushing the destination ball, so this overstates its noise).
+    # plugins/clevr/README.md has the full table.
+    "paper-like": {"epsilon": 0.7, "keep_failures": False, "horizon": 50},
+}
+
+
+def data_options(preset: str | None, **options: Any) -> dict[str, Any]:
+    """The behaviour options of ``preset`` (see :data:`DATA_PRESETS`), updated with the explicit ones."""
+    if preset is None:
+        return dict(options)
+    if preset not in DATA_PRESETS:
+        raise _user_error(f"unknown data preset {preset!r} for {ENV_NAME} (one of {', '.join(DATA_PRESETS)})",
+                          field="preset")
+    return {**DATA_PRESETS[preset], **options}
+
+
 def generate_dataset(n_episodes: int, seed: int, config: ClevrConfig | None = None,
                      progress: Callable[[int, int], None] | None = None, *, epsilon: float | None = None,
-                     keep_failures: bool = True, horizon: int = 50, jobs: int = 1):
+                     keep_failures: bool | None = None, horizon: int | None = None, jobs: int = 1,
+                     preset: str | None = None):
     """``n_episodes`` expert trajectories for the 80 seen goals (each goal equally often, in a seeded
     order), deterministic per ``seed``. Episode i draws from its own random stream, so the result does not
     depend on how the work is split: ``jobs`` > 1 generates chunks in that many processes and gives the
-    same dataset."""
+    same dataset. ``preset`` names a set of behaviour options (:data:`DATA_PRESETS`); options given
+    explicitly override it. With ``keep_failures`` False the dataset holds only the successful episodes."""
     from kalm_bench.datasets import TrajectoryDataset
 
     config = config or ClevrConfig()
-    eps = config.expert_epsilon if epsilon is None else float(epsilon)
+    given = {k: v for k, v in (("epsilon", epsilon), ("keep_failures", keep_failures), ("horizon", horizon))
+             if v is not None}
+    opts = data_options(preset, **given)
+    eps = config.expert_epsilon if opts.get("epsilon") is None else float(opts["epsilon"])
+    keep_failures = bool(opts.get("keep_failures", True))
+    horizon = int(opts.get("horizon", 50))
+    if horizon < 1:
+        raise ValueError("horizon must be >= 1")
     if n_episodes < 0:
         raise ValueError("n_episodes must be >= 0")
     goals = G.seen_goals()
@@ -131,7 +168,7 @@ def generate_dataset(n_episodes: int, seed: int, config: ClevrConfig | None = No
                 collect(part)
     attrs = {
         "level": "seen", "generator": EXPERT_NAME, "epsilon": eps, "reward": config.reward,
-        "horizon": horizon, "keep_failures": keep_failures, "mujoco": P.mujoco_version(),
+        "horizon": horizon, "keep_failures": keep_failures, "preset": preset, "mujoco": P.mujoco_version(),
         "compat_patches": config.compat_patches, "state_layout": "x,y of red, blue, green, purple, cyan",
         "instructions_by_goal": _instruction_table(goals),
     }
@@ -305,6 +342,109 @@ def replay_dataset(dataset, config: ClevrConfig | None = None, tolerance: float 
     return ReplayReport(errors=np.array(errors), episode_max_error=np.array(ep_max), reached=np.array(reached, bool),
                         recorded_success=np.array(recorded, bool), tolerance=tolerance,
                         seconds=time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Behaviour statistics
+
+
+NOOP_DIST = 1e-3  # a push after which no ball coordinate changed by more than this is a no-op
+
+
+def behaviour_stats(dataset, config: ClevrConfig | None = None, expert: bool = True,
+                    episodes: list[int] | None = None) -> dict[str, Any]:
+    """How a pair-goal dataset behaves, for comparing data sources (KALM's release, our presets).
+
+    Per episode: success, length (mean, geometric mean, quantiles), whether the start already satisfies
+    the goal, steps left after the goal first holds. Per push: no-ops (no ball coordinate changes by more
+    than ``NOOP_DIST``), pushes whose own ball does not move, pushes of the destination ball and of a third
+    ball (neither source nor destination), and ``progress_share``: pushes after which the source is closer
+    to the reward's target point (``dst`` + 0.195 × the goal direction).
+
+    ``expert`` also replays each episode in the simulator (ball velocities carry over between pushes) and
+    asks :meth:`PairExpert.choices` at every step until the goal holds: ``expert_disagreement`` is the share
+    of actions that are none of the noiseless expert's choices, and ``epsilon_estimate`` that share divided
+    by the mean share of the 40 pushes that are not a choice, i.e. the noise level of an "expert, else a
+    uniformly random push" mix that would disagree as often. This part simulates 40 pushes or more per
+    step (about 30 ms); ``episodes`` restricts all statistics to those episode indices.
+    """
+    from .expert import PairExpert
+
+    config = config or ClevrConfig()
+    idx = list(range(dataset.n_episodes)) if episodes is None else list(episodes)
+    sim = P.ClevrSim(P.get_model(patch=config.compat_patches, patch_margin=config.compat_patches)) \
+        if expert else None
+    lengths, success, goal_keys = [], [], set()
+    noop = pushed_still = other_ball = dst_ball = progress = 0
+    after_goal, start_solved = [], 0
+    disagree = not_choice = 0.0
+    n_checked = fallback = 0
+    rng = np.random.default_rng(0)
+    for i in idx:
+        ep = dataset.episode(i)
+        goal = G.as_goal(ep.goal)
+        if goal["type"] != "pair":
+            raise _user_error(f"episode {i}: behaviour statistics need pair goals, got {goal['type']!r}")
+        states = np.asarray(ep.states, np.float64)[:, :10]
+        actions = np.asarray(ep.actions).reshape(-1).astype(int)
+        lengths.append(len(actions))
+        success.append(bool(ep.success))
+        goal_keys.add(G.goal_key(goal))
+        start_solved += G.pair_success(states[0], goal)
+        hits = [t for t in range(1, len(states)) if G.pair_success(states[t], goal)]
+        if hits:
+            after_goal.append(len(actions) - hits[0])
+        moved = np.abs(np.diff(states, axis=0)).reshape(len(actions), P.N_BALLS, 2).max(axis=2)
+        noop += int(np.sum(moved.max(axis=1) <= NOOP_DIST))
+        balls = actions // 8
+        pushed_still += int(np.sum(moved[np.arange(len(actions)), balls] <= NOOP_DIST))
+        other_ball += int(np.sum((balls != goal["src"]) & (balls != goal["dst"])))
+        dst_ball += int(np.sum(balls == goal["dst"]))
+        xy = states.reshape(len(states), P.N_BALLS, 2)
+        to_target = np.linalg.norm(xy[:, goal["src"]] - xy[:, goal["dst"]] - G.TARGET_OFFSET * G.DIR_UNIT[goal["dir"]],
+                                   axis=1)
+        progress += int(np.sum(np.diff(to_target) < 0))
+        if sim is None:
+            continue
+        sim.reset(states[0])
+        planner = PairExpert(sim, goal, rng)
+        for t, a in enumerate(actions):
+            if t and G.pair_success(sim.positions(), goal):
+                break  # the expert has nothing to do once the goal holds
+            ok, fb = planner.choices()
+            disagree += a not in ok
+            not_choice += 1 - len(ok) / P.N_ACTIONS
+            fallback += fb
+            n_checked += 1
+            sim.step(int(a))
+    lengths_a = np.array(lengths)
+    total = int(lengths_a.sum())
+    q = np.quantile(lengths_a, [0.1, 0.25, 0.5, 0.75, 0.9]) if len(lengths_a) else np.zeros(5)
+    out: dict[str, Any] = {
+        "episodes": len(idx), "transitions": total, "success_rate": float(np.mean(success)) if idx else 0.0,
+        "distinct_goals": len(goal_keys), "start_solved": int(start_solved),
+        "length_mean": float(lengths_a.mean()) if len(idx) else 0.0,
+        "length_geomean": float(np.exp(np.mean(np.log(np.maximum(lengths_a, 1))))) if len(idx) else 0.0,
+        "length_q10": float(q[0]), "length_q25": float(q[1]), "length_median": float(q[2]),
+        "length_q75": float(q[3]), "length_q90": float(q[4]),
+        "length_max": int(lengths_a.max()) if len(idx) else 0,
+        "length_min": int(lengths_a.min()) if len(idx) else 0,
+        "share_length_1": float(np.mean(lengths_a == 1)) if len(idx) else 0.0,
+        "noop_share": noop / total if total else 0.0,
+        "pushed_ball_still_share": pushed_still / total if total else 0.0,
+        "other_ball_share": other_ball / total if total else 0.0,
+        "dst_ball_share": dst_ball / total if total else 0.0,
+        "progress_share": progress / total if total else 0.0,
+        "steps_after_goal_mean": float(np.mean(after_goal)) if after_goal else 0.0,
+        "episodes_past_goal": int(np.sum(np.array(after_goal) > 0)),
+    }
+    if sim is not None:
+        out.update({
+            "expert_checked_steps": n_checked, "expert_fallback_steps": fallback,
+            "expert_disagreement": disagree / n_checked if n_checked else 0.0,
+            "epsilon_estimate": min(1.0, disagree / not_choice) if not_choice else 0.0,
+        })
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -53,9 +53,9 @@ class PairExpert:
         acts += [8 * g["dst"] + k for k in range(8)]
         return acts
 
-    def act(self) -> int:
-        if self.epsilon > 0 and self.rng.random() < self.epsilon:
-            return int(self.rng.integers(40))
+    def plan(self) -> tuple[int | None, float, float]:
+        """The greedy choice without noise: (action or None, its score, the current score). The score is
+        ``-inf`` for a push that reaches the goal."""
         sim, goal = self.sim, self.goal
         start = sim.get_state()
         xy0 = sim.positions().reshape(-1, 2)
@@ -71,7 +71,42 @@ class PairExpert:
             if s < best_score:
                 best, best_score = a, s
         sim.set_state(start)
+        return best, best_score, base
+
+    def choices(self) -> tuple[set[int], bool]:
+        """Every push the noiseless expert could take here, and whether it is in its random fallback.
+
+        Pushes that score as well as its greedy pick count as its choice (any push that reaches the goal
+        when one does); in the fallback these are the 16 pushes of the source and destination balls.
+        Simulates all 40 pushes; used to compare other data with this expert.
+        """
+        best, best_score, base = self.plan()
+        g = self.goal
         if best is None or best_score > base - 1e-3:
+            return {8 * b + k for b in (g["src"], g["dst"]) for k in range(8)}, True
+        sim = self.sim
+        start = sim.get_state()
+        out = set()
+        for a in range(40):
+            sim.set_state(start)
+            after = sim.step(a)
+            if G.pair_success(after, g):
+                score = -np.inf
+            elif best_score == -np.inf:
+                continue
+            else:
+                score = _score(after.reshape(-1, 2), g)
+            if score <= best_score + 1e-9:
+                out.add(a)
+        sim.set_state(start)
+        return out or {int(best)}, False
+
+    def act(self) -> int:
+        if self.epsilon > 0 and self.rng.random() < self.epsilon:
+            return int(self.rng.integers(40))
+        best, best_score, base = self.plan()
+        if best is None or best_score > base - 1e-3:
+            goal = self.goal
             ball = goal["src"] if self.rng.random() < 0.5 else goal["dst"]
             return 8 * ball + int(self.rng.integers(8))
         return int(best)

@@ -58,15 +58,16 @@ class ClevrRobot(Environment):
                          **options: Any):
         """Expert data for the seen goals. Options: ``epsilon`` (random-push probability, default the
         config's ``expert_epsilon``), ``keep_failures`` (default True), ``horizon`` (default 50), ``jobs``
-        (worker processes; the data do not depend on it)."""
+        (worker processes; the data do not depend on it), ``preset`` (``expert`` or ``paper-like``: named
+        values of the first three, which explicit options override; see ``data.DATA_PRESETS``)."""
         from .data import generate_dataset
 
-        unknown = set(options) - {"epsilon", "keep_failures", "horizon", "jobs"}
+        unknown = set(options) - {"epsilon", "keep_failures", "horizon", "jobs", "preset"}
         if unknown:
             from kalm_bench.errors import UserError
 
             raise UserError(f"unknown dataset option(s) {sorted(unknown)} for {self.name} "
-                            "(epsilon, keep_failures, horizon, jobs)", field="options")
+                            "(epsilon, keep_failures, horizon, jobs, preset)", field="options")
         return generate_dataset(n_episodes, seed, self.config, progress, **options)
 
     def test_cases(self, level: str, n: int | None = None, seed: int = 7) -> list[dict[str, Any]]:
@@ -112,6 +113,12 @@ class ClevrRobot(Environment):
             if ok:
                 return RolloutLabels(np.array(rewards, np.float32), t + 1, True)
         return RolloutLabels(np.array(rewards, np.float32), n, False)
+
+    def realistic_states(self, states: np.ndarray) -> np.ndarray:
+        """Balls on the table and not inside one another (stacking allowed; see ``realism.py``)."""
+        from .realism import realistic
+
+        return realistic(states)
 
     # -- evaluation -------------------------------------------------------------------------------------
     def evaluate(self, policy: Policy, level: str, cases: Sequence[dict[str, Any]], seed: int,

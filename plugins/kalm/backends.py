@@ -6,15 +6,16 @@ Heavy libraries are imported inside methods so that registering the plugin stays
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
-from kalm_bench.api import GroundingContext, ImagineContext, LLMBackend, StrictConfig
+from kalm_bench.api import GroundingContext, ImagineContext, LLMBackend, RolloutLabels, StrictConfig
 from kalm_bench.errors import UserError
 
-from .common import compute_diagnostics, model_stop, oracle_stop, rollouts_to_dataset
+from .common import compute_diagnostics, model_labels, model_stop, oracle_stop, rollouts_to_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from kalm_bench.api import Environment, Policy
@@ -73,6 +74,23 @@ class _KalmBackend(LLMBackend):
                                    n_goals=self.config.diagnostics_goals, max_steps=self._horizon(env),
                                    batch_size=self.config.generation_batch_size,
                                    threshold=self.config.done_threshold)
+
+    def judge(self, model_dir: Path, env: Environment, level: str, goals: Sequence[dict[str, Any]],
+              rollouts: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[RolloutLabels]:
+        engine = self._engine(model_dir)
+        usable = [i for i, (_, a) in enumerate(rollouts) if len(a)]
+        out = [RolloutLabels(rewards=np.zeros(0, np.float32), end=0, success=False) for _ in rollouts]
+        if not usable:
+            return out
+        longest = max(len(rollouts[i][1]) for i in usable)
+        scored = engine.generate([str(goals[i]["instruction"]) for i in usable],
+                                 np.stack([np.asarray(rollouts[i][0][0], np.float32) for i in usable]),
+                                 longest, None, self.config.generation_batch_size,
+                                 forced=[rollouts[i] for i in usable])
+        for i, r in zip(usable, scored):
+            rewards, end, success = model_labels(r, self.config.done_threshold)
+            out[i] = RolloutLabels(rewards=rewards, end=end, success=success)
+        return out
 
     def policy(self, model_dir: Path, env: Environment) -> Policy:
         from .common import read_meta

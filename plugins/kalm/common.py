@@ -133,7 +133,10 @@ class Engine(Protocol):
 
     def generate(self, instructions: list[str], initial_states: np.ndarray, max_steps: int,
                  stop: Callable[[int, np.ndarray, np.ndarray, np.ndarray], bool] | None,
-                 batch_size: int, use_cache: bool = True) -> list[Rollout]: ...
+                 batch_size: int, use_cache: bool = True,
+                 forced: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[Rollout]:
+        """Greedy rollouts; with ``forced``, the given ``(states, actions)`` replace the model's own choices
+        step by step (the heads' success and reward judgements of someone else's rollout)."""
 
     def explain(self, rollouts: list[tuple[np.ndarray, np.ndarray]], seen: bool) -> list[str]: ...
 

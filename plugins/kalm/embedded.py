@@ -330,16 +330,19 @@ class EmbeddedEngine:
     @torch.no_grad()
     def generate(self, instructions: list[str], initial_states: np.ndarray, max_steps: int,
                  stop: Callable[[int, np.ndarray, np.ndarray, np.ndarray], bool] | None,
-                 batch_size: int, use_cache: bool = True) -> list[Rollout]:
+                 batch_size: int, use_cache: bool = True,
+                 forced: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[Rollout]:
         max_steps = min(max_steps, (self.model.max_positions - 4) // 2)
         out: list[Rollout] = []
         for i in range(0, len(instructions), batch_size):
             out += self._generate_batch(instructions[i:i + batch_size], initial_states[i:i + batch_size],
-                                        max_steps, stop, i, use_cache)
+                                        max_steps, stop, i, use_cache,
+                                        None if forced is None else forced[i:i + batch_size])
         return out
 
     def _generate_batch(self, insts: list[str], s0: np.ndarray, max_steps: int,
-                        stop: Callable | None, offset: int, use_cache: bool) -> list[Rollout]:
+                        stop: Callable | None, offset: int, use_cache: bool,
+                        forced: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[Rollout]:
         b = len(insts)
         prefix = [generation_prefix(t) for t in insts]
         n_text = len(prefix[0])
@@ -362,8 +365,10 @@ class EmbeddedEngine:
         rewards: list[list[float]] = [[] for _ in range(b)]
         active = list(range(b))  # rows of the (compacted) batch → rollout index
         pos = n_text + 1
-        for _t in range(max_steps):
+        for t in range(max_steps):
             a = self._decode_action(h)
+            if forced is not None:  # teacher forcing: the given rollout's action, the heads still read
+                a = self._forced(forced, active, t, "action", a)
             xa = self._action_slot(a, pos)
             if use_cache:
                 ha, cache = self.model(xa, cache)
@@ -372,6 +377,8 @@ class EmbeddedEngine:
                 ha, _ = self.model(x)
             ha = ha[:, -1]
             s_norm = self.model.state_out(ha)
+            if forced is not None:
+                s_norm = self._forced(forced, active, t, "state", s_norm)
             xs = self._state_slot(s_norm, pos + 1)
             if use_cache:
                 hs, cache = self.model(xs, cache)
@@ -396,8 +403,9 @@ class EmbeddedEngine:
                 actions[k].append(a_np[row])
                 done_p[k].append(float(dp[row]))
                 rewards[k].append(float(rw[row]))
-                finished = stop is not None and stop(offset + k, np.stack(states[k]), np.asarray(actions[k]),
-                                                     np.asarray(done_p[k]))
+                finished = (forced is not None and t + 1 >= len(forced[k][1])) or (
+                    stop is not None and stop(offset + k, np.stack(states[k]), np.asarray(actions[k]),
+                                              np.asarray(done_p[k])))
                 if not finished:
                     keep.append(row)
             if not keep:
@@ -420,6 +428,17 @@ class EmbeddedEngine:
                             (-1,) if self.model.action_kind == "discrete" else (-1, self.model.action_size)),
                         done_prob=np.asarray(done_p[k], np.float32),
                         reward_pred=np.asarray(rewards[k], np.float32)) for k in range(b)]
+
+    def _forced(self, forced: Sequence[tuple[np.ndarray, np.ndarray]], active: list[int], t: int, what: str,
+                like: torch.Tensor) -> torch.Tensor:
+        """Step ``t`` of the given rollouts (action t, or state t + 1) for the active rows, normalised."""
+        if what == "action":
+            a = np.stack([np.asarray(forced[k][1][t]) for k in active])
+            if self.model.action_kind == "continuous" and self.norms.action is not None:
+                a = self.norms.action.encode(a.astype(np.float32))
+            return torch.as_tensor(a).to(like.dtype).to(self.device).reshape(like.shape)
+        st = np.stack([np.asarray(forced[k][0][t + 1], np.float32) for k in active])
+        return torch.as_tensor(self.norms.state.encode(st)).to(like.dtype).to(self.device)
 
     # -- explanation ------------------------------------------------------------------------------------
     @torch.no_grad()

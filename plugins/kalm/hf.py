@@ -386,15 +386,29 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, instructions: list[str], initial_states: np.ndarray, max_steps: int,
-                 stop: Callable | None, batch_size: int, use_cache: bool = True) -> list[Rollout]:
+                 stop: Callable | None, batch_size: int, use_cache: bool = True,
+                 forced: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[Rollout]:
         out: list[Rollout] = []
         for i in range(0, len(instructions), batch_size):
             out += self._generate_batch(instructions[i:i + batch_size], initial_states[i:i + batch_size],
-                                        max_steps, stop, i)
+                                        max_steps, stop, i, None if forced is None else forced[i:i + batch_size])
         return out
 
+    def _forced(self, forced: Sequence[tuple[np.ndarray, np.ndarray]], active: list[int], t: int, what: str,
+                like: torch.Tensor) -> torch.Tensor:
+        """Step ``t`` of the given rollouts (action t, or state t + 1) for the active rows, normalised."""
+        nm = self.model.numeric
+        if what == "action":
+            a = np.stack([np.asarray(forced[k][1][t]) for k in active])
+            if nm.action_kind == "continuous" and self.norms.action is not None:
+                a = self.norms.action.encode(a.astype(np.float32))
+            return torch.as_tensor(a).to(like.dtype).to(like.device).reshape(like.shape)
+        st = np.stack([np.asarray(forced[k][0][t + 1], np.float32) for k in active])
+        return torch.as_tensor(self.norms.state.encode(st)).to(like.dtype).to(like.device)
+
     def _generate_batch(self, insts: list[str], s0: np.ndarray, max_steps: int, stop: Callable | None,
-                        offset: int) -> list[Rollout]:
+                        offset: int, forced: Sequence[tuple[np.ndarray, np.ndarray]] | None = None
+                        ) -> list[Rollout]:
         from .tasks import state as state_seg
 
         nm = self.model.numeric
@@ -408,11 +422,15 @@ class HFEngine:
         done_p = [[float(torch.sigmoid(nm.done_out(h[k].float()))[0])] for k in range(b)]
         rewards: list[list[float]] = [[] for _ in range(b)]
         active = list(range(b))
-        for _t in range(max_steps):
+        for t in range(max_steps):
             logits = nm.action_out(h.float())
             a = logits.argmax(-1) if nm.action_kind == "discrete" else logits
+            if forced is not None:  # teacher forcing: the given rollout's action, the heads still read
+                a = self._forced(forced, active, t, "action", a)
             h, past, mask, last = self._step(nm.embed_action(a).to(emb_dtype), past, mask, last)
             s_norm = nm.state_out(h.float())
+            if forced is not None:
+                s_norm = self._forced(forced, active, t, "state", s_norm)
             h, past, mask, last = self._step(nm.state_in(s_norm).to(emb_dtype), past, mask, last)
             s_raw = self.norms.state.decode(s_norm.cpu().numpy())
             a_np = a.cpu().numpy()
@@ -426,8 +444,9 @@ class HFEngine:
                 actions[k].append(a_np[row])
                 done_p[k].append(float(dp[row]))
                 rewards[k].append(float(rw[row]))
-                if stop is None or not stop(offset + k, np.stack(states[k]), np.asarray(actions[k]),
-                                            np.asarray(done_p[k])):
+                ended = forced is not None and t + 1 >= len(forced[k][1])
+                if not ended and (stop is None or not stop(offset + k, np.stack(states[k]),
+                                                           np.asarray(actions[k]), np.asarray(done_p[k]))):
                     keep.append(row)
             if not keep:
                 break

@@ -148,6 +148,12 @@ class MetaworldEnvironment(Environment):
         rewards, end, success = label(case["task"], states)
         return RolloutLabels(rewards=rewards, end=end, success=success)
 
+    def realistic_states(self, states: np.ndarray) -> np.ndarray:
+        """Hand and objects inside the workspace, nothing below the table or floating (see ``realism.py``)."""
+        from .realism import realistic
+
+        return realistic(states)
+
     def generate_dataset(self, n_episodes: int, seed: int, progress: Progress = _no_progress,
                          **options: Any):
         """``n_episodes`` scripted episodes in total over the 10 seen tasks (round-robin), instructions

@@ -67,8 +67,10 @@ class Plan:
 
 
 def _component(registry: Registry, kind: str, name: str, preset: str | None, config: dict[str, Any],
-               loaded: LoadedSuite, loc: tuple, name_field: str = "name") -> dict[str, Any]:
-    """Validate a (name, preset, config) triple; return its spec with versions."""
+               loaded: LoadedSuite, loc: tuple, name_field: str = "name",
+               config_loc: tuple | None = None) -> dict[str, Any]:
+    """Validate a (name, preset, config) triple; return its spec with versions. ``config_loc`` is where the
+    options sit in the suite (default: ``loc`` + ``config``)."""
     cls = registry.get(kind, name, file=loaded.source_of(loc + (name_field,)), field=_f(loc, name_field))
     try:
         cfg = cls.make_config(preset=preset, overrides=config)
@@ -80,7 +82,8 @@ def _component(registry: Registry, kind: str, name: str, preset: str | None, con
         sub = tuple(err["loc"])
         msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
         allowed = ", ".join(sorted(cls.Config.model_fields))
-        raise loaded.error(loc + ("config",) + sub, f"{msg} for {kind[:-1]} {name!r} (options: {allowed})") from None
+        where = (loc + ("config",) if config_loc is None else config_loc) + sub
+        raise loaded.error(where, f"{msg} for {kind[:-1]} {name!r} (options: {allowed})") from None
     plugin = registry.plugin_of(kind, name)
     return {"name": name, "version": str(cls.version), "plugin_version": plugin.version,
             "config": cfg.model_dump(mode="json")}
@@ -114,8 +117,9 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                            "(Environment.realistic_states)")
     uses_llm = any(registry.get("algorithms", e.name).needs_llm or any(variant_needs_llm(v) for v in e.variants)
                    for e in s.algorithms if e.name in registry.names("algorithms"))
+    uses_rollouts = any(v != BASE for e in s.algorithms for v in e.variants)
     replicate = set(s.replicate if s.replicate is not None else
-                    (("policy", "rollouts", "llm") if uses_llm else ("policy",)))
+                    ("policy",) + (("rollouts",) if uses_rollouts else ()) + (("llm",) if uses_llm else ()))
 
     def stage_seed(what: str, base: int, rep: int) -> int:
         """A replicated stage's seed differs per replication; replication 0 keeps the section's own seed."""
@@ -316,7 +320,7 @@ def _rollout_sources(registry: Registry, loaded: LoadedSuite) -> dict[str, tuple
                 raise loaded.error(("algorithms", i, "variants", j), f"unknown variant {variant!r}; valid: "
                                    f"{', '.join(valid)} (a variant other than base names a rollout source)")
             spec = _component(registry, "rollout_sources", source, None, s.rollouts.sources.get(source, {}), loaded,
-                              ("rollouts", "sources", source))
+                              ("algorithms", i, "variants", j), config_loc=("rollouts", "sources", source))
             out[variant] = (spec, registry.get("rollout_sources", source))
     return out
 

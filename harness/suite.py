@@ -201,7 +201,8 @@ class Suite(_Model):
     seeds: list[int] | SeedRange = Field(default_factory=lambda: [0])
     replicate: list[Literal["policy", "rollouts", "llm", "data"]] | None = Field(
         None, description="the stages each seed re-runs with a seed of its own (policy always); default: "
-                          "policy, rollouts and llm when a run uses an LLM, policy alone otherwise")
+                          "policy, plus rollouts when a run uses imaginary data, plus llm when a run uses an "
+                          "LLM")
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     report: ReportSection = Field(default_factory=ReportSection)

@@ -130,3 +130,23 @@ def test_unknown_variant_names_the_field(core_env, suite_file):
     proc = run_cli("validate", str(suite_file), "-x", "algorithms[0].variants=[base, nope]")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "algorithms[0].variants[1]" in proc.stderr and "unknown variant 'nope'" in proc.stderr
+
+
+def test_source_options_are_checked_where_they_are_written(core_env, suite_file):
+    with pytest.raises(UserError, match="unknown option for rollout_source 'random'") as exc:
+        _plan(suite_file, *CONTROL[1:], "rollouts.sources={random: {steps: 3}}")
+    assert exc.value.field == "rollouts.sources.random.steps"
+    with pytest.raises(UserError, match="unknown rollout source 'nope'") as exc:
+        _plan(suite_file, "rollouts.sources={nope: {}}")
+    assert exc.value.field == "rollouts.sources.nope"
+    plan = _plan(suite_file, *CONTROL[1:], "rollouts.sources={random: {max_rollout_length: 3}}")
+    assert all(s.spec["source"]["config"]["max_rollout_length"] == 3 for s in plan.stages_of("rollouts")
+               if s.spec["source"]["name"] == "random")
+
+
+def test_a_control_without_an_llm_replicates_its_rollouts(core_env, suite_file):
+    text = suite_file.read_text().replace("llm: {backend: scripted-llm, grounding_tasks: [scripted]}\n", "")
+    suite_file.write_text(text.replace("variants: [base, kalm]", "variants: [base, random]"))
+    plan = _plan(suite_file)
+    assert plan.replicate == ["policy", "rollouts"] and not plan.stages_of("grounding")
+    assert sorted({s.spec["seed"] for s in plan.stages_of("rollouts")}) == [0, 1000]

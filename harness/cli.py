@@ -227,8 +227,12 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
             parts.append(reporter.render(timing, title="Wall time per stage (each stage's build time, also for "
                                                        "stages an earlier invocation built into the cache)"))
     cell = "mean ± std (n seeds)" if stat == "mean_std" else "IQM [95% stratified-bootstrap CI] (n seeds)"
+    ks = sorted({int(r["last_k"]) for r in ok if r.get("last_k") is not None}, reverse=True)
+    untrained = sorted({r["algorithm"] for r in ok if len(ks) > 1 and r.get("last_k") == ks[-1]})
+    window = (f"{ks[0]} checkpoints" + (f" ({ks[-1]} for {', '.join(untrained)})" if len(ks) > 1 else "")
+              if ks else "? checkpoints")
     footer = (f"{len(ok)} runs ok, {len(failed)} failed. Cells: {cell} of the per-seed success rate, each the mean "
-              f"over the last {ok[0].get('last_k', '?') if ok else '?'} checkpoints; a cell of one seed shows its "
+              f"over the last {window}; a cell of one seed shows its "
               "value alone. Each seed is a replication: it re-runs the stages "
               f"{', '.join(ok[0].get('replicate') or ['policy']) if ok else 'policy'}.")
     if fmt == "md":

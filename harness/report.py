@@ -200,7 +200,8 @@ def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | Non
         for name in names:
             got = [m[name] for m in groundings.values() if name in m]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in got):
-                col[name] = _cell([float(v) for v in got], "mean_std", 0)
+                # NaN is a figure a grounding could not compute (e.g. recall with no positive): left out.
+                col[name] = _cell([float(v) for v in got if not np.isnan(v)], "mean_std", 0)
             else:
                 col[name] = ", ".join(sorted({str(v) for v in got}))
     # One row per metric: there are many metrics and few models.

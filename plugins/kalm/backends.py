@@ -5,8 +5,8 @@ Heavy libraries are imported inside methods so that registering the plugin stays
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np

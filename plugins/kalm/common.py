@@ -143,6 +143,22 @@ class Engine(Protocol):
     def goal_of_text(self, texts: list[str]) -> list[str]: ...
 
 
+def forced_step(forced: Sequence[tuple[np.ndarray, np.ndarray]], active: list[int], t: int, what: str,
+                norms: Normalizers, action_kind: str, like: Any) -> Any:
+    """Teacher forcing in an engine's generation loop: step ``t`` of the given ``(states, actions)`` rollouts
+    for the active rows (``what``: ``"action"`` t, or ``"state"`` t + 1), normalised, shaped and placed
+    like the model's own output ``like``."""
+    import torch
+
+    if what == "action":
+        a = np.stack([np.asarray(forced[k][1][t]) for k in active])
+        if action_kind == "continuous" and norms.action is not None:
+            a = norms.action.encode(a.astype(np.float32))
+        return torch.as_tensor(a).to(like.dtype).to(like.device).reshape(like.shape)
+    st = np.stack([np.asarray(forced[k][0][t + 1], np.float32) for k in active])
+    return torch.as_tensor(norms.state.encode(st)).to(like.dtype).to(like.device)
+
+
 def case_goal(case: dict[str, Any]) -> Any:
     return case["goal"] if "goal" in case else {k: v for k, v in case.items() if k != "initial_state"}
 

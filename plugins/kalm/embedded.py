@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Normalizers, Rollout, numeric_losses
+from .common import Normalizers, Rollout, forced_step, numeric_losses
 from .encoder import DIM as TEXT_DIM
 from .encoder import SentenceEncoder
 from .tasks import explanation_segments, generation_prefix, success_judge_examples
@@ -368,7 +368,7 @@ class EmbeddedEngine:
         for t in range(max_steps):
             a = self._decode_action(h)
             if forced is not None:  # teacher forcing: the given rollout's action, the heads still read
-                a = self._forced(forced, active, t, "action", a)
+                a = forced_step(forced, active, t, "action", self.norms, self.model.action_kind, a)
             xa = self._action_slot(a, pos)
             if use_cache:
                 ha, cache = self.model(xa, cache)
@@ -378,7 +378,7 @@ class EmbeddedEngine:
             ha = ha[:, -1]
             s_norm = self.model.state_out(ha)
             if forced is not None:
-                s_norm = self._forced(forced, active, t, "state", s_norm)
+                s_norm = forced_step(forced, active, t, "state", self.norms, self.model.action_kind, s_norm)
             xs = self._state_slot(s_norm, pos + 1)
             if use_cache:
                 hs, cache = self.model(xs, cache)
@@ -428,17 +428,6 @@ class EmbeddedEngine:
                             (-1,) if self.model.action_kind == "discrete" else (-1, self.model.action_size)),
                         done_prob=np.asarray(done_p[k], np.float32),
                         reward_pred=np.asarray(rewards[k], np.float32)) for k in range(b)]
-
-    def _forced(self, forced: Sequence[tuple[np.ndarray, np.ndarray]], active: list[int], t: int, what: str,
-                like: torch.Tensor) -> torch.Tensor:
-        """Step ``t`` of the given rollouts (action t, or state t + 1) for the active rows, normalised."""
-        if what == "action":
-            a = np.stack([np.asarray(forced[k][1][t]) for k in active])
-            if self.model.action_kind == "continuous" and self.norms.action is not None:
-                a = self.norms.action.encode(a.astype(np.float32))
-            return torch.as_tensor(a).to(like.dtype).to(self.device).reshape(like.shape)
-        st = np.stack([np.asarray(forced[k][0][t + 1], np.float32) for k in active])
-        return torch.as_tensor(self.norms.state.encode(st)).to(like.dtype).to(self.device)
 
     # -- explanation ------------------------------------------------------------------------------------
     @torch.no_grad()

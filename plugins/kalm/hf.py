@@ -24,7 +24,7 @@ from torch import nn
 
 from kalm_bench.errors import UserError
 
-from .common import GoalMatcher, Normalizers, Rollout, numeric_losses, read_meta, write_json
+from .common import GoalMatcher, Normalizers, Rollout, forced_step, numeric_losses, read_meta, write_json
 from .tasks import explanation_segments, generation_prefix, strip_instruction
 
 TOKEN, STATE, ACTION = 0, 1, 2
@@ -394,18 +394,6 @@ class HFEngine:
                                         max_steps, stop, i, None if forced is None else forced[i:i + batch_size])
         return out
 
-    def _forced(self, forced: Sequence[tuple[np.ndarray, np.ndarray]], active: list[int], t: int, what: str,
-                like: torch.Tensor) -> torch.Tensor:
-        """Step ``t`` of the given rollouts (action t, or state t + 1) for the active rows, normalised."""
-        nm = self.model.numeric
-        if what == "action":
-            a = np.stack([np.asarray(forced[k][1][t]) for k in active])
-            if nm.action_kind == "continuous" and self.norms.action is not None:
-                a = self.norms.action.encode(a.astype(np.float32))
-            return torch.as_tensor(a).to(like.dtype).to(like.device).reshape(like.shape)
-        st = np.stack([np.asarray(forced[k][0][t + 1], np.float32) for k in active])
-        return torch.as_tensor(self.norms.state.encode(st)).to(like.dtype).to(like.device)
-
     def _generate_batch(self, insts: list[str], s0: np.ndarray, max_steps: int, stop: Callable | None,
                         offset: int, forced: Sequence[tuple[np.ndarray, np.ndarray]] | None = None
                         ) -> list[Rollout]:
@@ -426,11 +414,11 @@ class HFEngine:
             logits = nm.action_out(h.float())
             a = logits.argmax(-1) if nm.action_kind == "discrete" else logits
             if forced is not None:  # teacher forcing: the given rollout's action, the heads still read
-                a = self._forced(forced, active, t, "action", a)
+                a = forced_step(forced, active, t, "action", self.norms, nm.action_kind, a)
             h, past, mask, last = self._step(nm.embed_action(a).to(emb_dtype), past, mask, last)
             s_norm = nm.state_out(h.float())
             if forced is not None:
-                s_norm = self._forced(forced, active, t, "state", s_norm)
+                s_norm = forced_step(forced, active, t, "state", self.norms, nm.action_kind, s_norm)
             h, past, mask, last = self._step(nm.state_in(s_norm).to(emb_dtype), past, mask, last)
             s_raw = self.norms.state.decode(s_norm.cpu().numpy())
             a_np = a.cpu().numpy()

@@ -119,6 +119,26 @@ def test_kv_cache_rollouts_match_a_full_forward_pass(lora_model, ref_env):
         assert (picked >= logits.max(-1) - 1e-5).all(), (r.actions, logits.argmax(-1))
 
 
+def test_judging_the_models_own_rollouts_gives_its_generation_labels(lora_model, ref_env):
+    """Teacher forcing a rollout the HF engine generated itself must reproduce the judgements it made then."""
+    from kalm_bench_plugins.kalm.common import model_labels
+    from kalm_bench_plugins.kalm.hf import load_engine
+
+    be, wd = lora_model
+    eng = load_engine(wd, "hf-local", be.config)
+    goals = ref_env.sample_goals("easy", 4, 2)
+    insts = [g["instruction"] for g in goals]
+    s0 = np.array([g["initial_state"] for g in goals], np.float32)
+    rolls = eng.generate(insts, s0, 4, None, batch_size=4)
+    forced = eng.generate(insts, s0, 4, None, batch_size=2, forced=[(r.states, r.actions) for r in rolls])
+    for r, f in zip(rolls, forced):
+        np.testing.assert_array_equal(f.actions, r.actions)
+        # the forced state is the generated one after a decode/encode round trip (float error ~1e-7)
+        np.testing.assert_allclose(f.done_prob, r.done_prob, atol=1e-4)
+    labels = be.judge(wd, ref_env, "easy", goals, [(r.states, r.actions) for r in rolls])
+    assert [(lab.end, lab.success) for lab in labels] == [model_labels(r, be.config.done_threshold)[1:] for r in rolls]
+
+
 def test_full_finetuning_saves_the_whole_model(llama_dir, small_dataset, ref_env, tmp_path):
     be = HFLocalBackend(dict(SMALL, model_dir=str(llama_dir), finetune="full", max_steps=1, grad_accum=2))
     be.ground(GroundingContext(small_dataset, ref_env, [T.RolloutGeneration()], 1, tmp_path))

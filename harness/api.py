@@ -11,6 +11,7 @@ Nothing here imports torch, d3rlpy or gymnasium at module level.
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +20,51 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+# Everything a plugin needs is importable from here: the errors and the dataset types are defined in their
+# own modules and re-exported.
+from .datasets import Episode, TrajectoryDataset, sha256_file
+from .errors import PluginError, UserError
+
 if TYPE_CHECKING:  # pragma: no cover
     import gymnasium
     import pandas as pd
 
-    from .datasets import TrajectoryDataset
+# The public API: what a plugin may import (a test holds first-party plugins to it).
+__all__ = ["ActionKind", "Algorithm", "Component", "Environment", "Episode", "EvalResult", "Executor",
+    "GroundingContext", "GroundingTask", "ImagineContext", "ItemLost", "LLMBackend", "LLMHandle", "PluginError",
+    "Policy", "PolicyBatch", "Progress", "Reporter", "ResultTable", "RolloutLabels", "RolloutSource",
+    "StrictConfig", "TRUST_PICKLE_ENV", "TextEncoder", "TrainContext", "TrajectoryDataset", "TransitionData",
+    "UserError", "evaluate_batched", "no_progress", "pickle_trusted", "sha256_file",
+    "REQUIRED_ENV_DECLARATIONS", "registry"]
 
 ActionKind = Literal["discrete", "continuous"]
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: report progress of a long stage; cheap to call often."""
 
 
-def _no_progress(done: int, total: int) -> None:
+def no_progress(done: int, total: int) -> None:
+    """A :data:`Progress` that reports nothing: the default of every ``progress`` parameter."""
     return None
+
+
+TRUST_PICKLE_ENV = "KALM_BENCH_TRUST_PICKLE"
+
+
+def pickle_trusted() -> bool:
+    """Whether the person running kalm-bench allows loading pickled files (KALM's released ``.npy``
+    files), which can run code when loaded: ``kalm-bench --trust-pickle ...`` or
+    ``KALM_BENCH_TRUST_PICKLE=1`` in the environment (worker processes inherit it). Never taken from a suite
+    or another file; a plugin that loads a pickle asks this first and refuses the file otherwise."""
+    return os.environ.get(TRUST_PICKLE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def registry() -> Any:
+    """The process's plugin registry (built on first use): ``registry().get(kind, name)`` is the registered
+    class, e.g. ``registry().get("envs", "clevr-robot")``. For scripts and tools; a plugin component gets
+    the objects it works on through its context instead."""
+    from .plugins import get_registry
+
+    return get_registry()
 
 
 class StrictConfig(BaseModel):
@@ -49,6 +82,9 @@ class Component(abc.ABC):
     Config: ClassVar[type[StrictConfig]] = StrictConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     default_preset: ClassVar[str | None] = None
+    libraries: ClassVar[tuple[str, ...]] = ()
+    """Distributions whose versions decide this component's results (e.g. ``("d3rlpy", "torch")``): their
+    versions are written into every stage and record that uses it."""
 
     def __init__(self, config: StrictConfig | dict[str, Any] | None = None):
         if config is None or isinstance(config, dict):
@@ -101,21 +137,89 @@ class EvalResult:
         return float(np.mean(self.success)) if len(self.success) else float("nan")
 
 
+REQUIRED_ENV_DECLARATIONS = ("levels", "action_kind", "action_size", "state_dim", "horizon")
+"""The class variables every :class:`Environment` declares."""
+
+
 class Environment(Component):
     """A task family with goal levels (e.g. seen / rephrase / easy / hard).
 
-    Test cases and goals are JSON-serialisable dicts with at least ``"instruction"``; the Gymnasium env
-    from :meth:`make` accepts one as ``env.reset(seed=..., options=case)`` and then plays that case.
-    ``info["is_success"]`` after a step tells whether the goal is reached.
+    Test cases and goals are JSON-serialisable dicts carrying at least the fields of :attr:`case_fields`
+    (``"instruction"``); the Gymnasium env from :meth:`make` accepts one as ``env.reset(seed=...,
+    options=case)`` and then plays that case. ``info["is_success"]`` after a step tells whether the goal
+    is reached.
+
+    Every environment declares :attr:`levels`, :attr:`action_kind`, :attr:`action_size`,
+    :attr:`state_dim` and :attr:`horizon` and implements :meth:`make`, :meth:`generate_dataset` and
+    :meth:`test_cases`. KALM's imaginary rollouts need more: goals with the fields of
+    :attr:`imagination_case_fields` from :meth:`sample_goals`, :meth:`label_rollout` for oracle labels
+    (declared by :attr:`can_label`), :meth:`goal_of` and :meth:`case_for_goal`. An environment without
+    them still runs every variant that needs no rollouts (``base``).
     """
 
     levels: ClassVar[dict[str, str]]
     """Level name → one-line description. The first one is the level of the offline data."""
     action_kind: ClassVar[ActionKind]
+    """``"discrete"`` (actions are ints ``0 .. action_size - 1``) or ``"continuous"`` (float vectors)."""
+    action_size: ClassVar[int]
+    """Number of discrete actions, or the width of a continuous action vector."""
+    state_dim: ClassVar[int]
+    """Width of the raw state vector (the observation of :meth:`make`'s envs)."""
     horizon: ClassVar[int]
+    """Step limit of an episode: evaluation, random rollouts and imagination stop there. An instance may
+    replace it with a configured value (``self.horizon = ...`` in ``__init__``)."""
+
+    case_fields: ClassVar[tuple[str, ...]] = ("instruction",)
+    """Fields every test case (and every goal of :meth:`sample_goals`) carries."""
+    imagination_case_fields: ClassVar[tuple[str, ...]] = ("instruction", "initial_state")
+    """Fields KALM reads from each goal of :meth:`sample_goals`: the instruction it imagines for and
+    ``initial_state`` (a list of :attr:`state_dim` numbers) it starts from; :meth:`goal_of` and
+    :meth:`label_rollout` read whatever else the env puts there. Extend it when they need more."""
+    can_label: ClassVar[bool] = False
+    """True when :meth:`label_rollout` is implemented (oracle labels of imagined rollouts). A subclass that
+    defines ``label_rollout`` gets True unless it sets the flag itself."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "label_rollout" in cls.__dict__ and "can_label" not in cls.__dict__:
+            cls.can_label = True
+
+    @classmethod
+    def missing_declarations(cls) -> list[str]:
+        """The required class variables this environment class does not declare (empty when complete)."""
+        return [name for name in REQUIRED_ENV_DECLARATIONS if not any(name in vars(k) for k in cls.__mro__)]
+
+    def missing_case_fields(self, cases: Sequence[dict[str, Any]],
+                            fields: Sequence[str] | None = None) -> list[str]:
+        """Fields of ``fields`` (default :attr:`imagination_case_fields`) that some case of ``cases``
+        lacks, in declaration order."""
+        need = tuple(self.imagination_case_fields if fields is None else fields)
+        return [f for f in need if any(not isinstance(c, dict) or f not in c for c in cases)]
+
+    def require_imagination(self, level: str, goals: Sequence[dict[str, Any]] | None = None,
+                            labels: str = "oracle") -> None:
+        """Check that this env supports KALM's imaginary rollouts at ``level``, before any work is done: a
+        one-line :class:`UserError` names the env and what it lacks (a required class variable, a goal
+        field of :attr:`imagination_case_fields`, or :meth:`label_rollout` for ``labels="oracle"``).
+        ``goals`` are the goals to check; None draws one with :meth:`sample_goals` (what ``validate``
+        can afford)."""
+        missing = self.missing_declarations()
+        if missing:
+            raise UserError(f"environment {self.name!r} does not declare {', '.join(missing)}", field="env")
+        if labels == "oracle" and not self.can_label:
+            raise UserError(f"environment {self.name!r} cannot label rollouts (no label_rollout); use "
+                            "rollouts.labels: model", field="rollouts.labels")
+        if goals is None:
+            goals = self.sample_goals(level, 1, 0)
+        lacking = self.missing_case_fields(goals)
+        if lacking:
+            raise UserError(f"environment {self.name!r} cannot give imaginary rollouts: its goals of level "
+                            f"{level!r} lack {', '.join(repr(f) for f in lacking)} (KALM needs "
+                            f"{', '.join(self.imagination_case_fields)})", field="env")
 
     @property
     def data_level(self) -> str:
+        """The level of the offline data: the first of :attr:`levels`."""
         return next(iter(self.levels))
 
     @abc.abstractmethod
@@ -123,9 +227,10 @@ class Environment(Component):
         """A Gymnasium env whose observation is the raw state vector (no instruction embedding)."""
 
     @abc.abstractmethod
-    def generate_dataset(self, n_episodes: int, seed: int, progress: Progress = _no_progress,
+    def generate_dataset(self, n_episodes: int, seed: int, progress: Progress = no_progress,
                          **options: Any) -> TrajectoryDataset:
-        """Offline data for the data level, deterministic per seed."""
+        """Offline data for the data level, deterministic per seed. ``options`` are the suite's
+        ``data.options``; refuse unknown ones with a :class:`UserError` naming ``options``."""
 
     @abc.abstractmethod
     def test_cases(self, level: str, n: int | None, seed: int) -> list[dict[str, Any]]:
@@ -135,14 +240,36 @@ class Environment(Component):
         unless the suite sets ``eval.episodes``.
         """
 
+    # -- used by KALM's imaginary rollouts only ------------------------------------------------------
     def sample_goals(self, level: str, n: int, seed: int) -> list[dict[str, Any]]:
-        """Goals with initial states from the env's initial-state distribution, for imaginary rollouts."""
+        """KALM only. Goals with initial states from the env's initial-state distribution, for imaginary
+        rollouts; each carries the fields of :attr:`imagination_case_fields`."""
         return self.test_cases(level, n, seed)
 
     def label_rollout(self, level: str, case: dict[str, Any], states: np.ndarray,
                       actions: np.ndarray) -> RolloutLabels:
-        """Rewards / end / success of a state sequence (``states`` has one more row than ``actions``)."""
+        """KALM only (oracle labels). Rewards / end / success of a state sequence (``states`` has one more
+        row than ``actions``). Implementing it sets :attr:`can_label`."""
         raise NotImplementedError(f"environment {self.name!r} cannot label rollouts")
+
+    def goal_of(self, case: dict[str, Any]) -> Any:
+        """KALM only. What an episode played or imagined for ``case`` records as its goal (JSON-
+        serialisable): by default the case's ``"goal"``, else the case without its ``initial_state``."""
+        if "goal" in case:
+            return case["goal"]
+        return {k: v for k, v in case.items() if k != "initial_state"}
+
+    def case_for_goal(self, goal: Any) -> dict[str, Any]:
+        """KALM only. A case that :meth:`label_rollout` accepts for a goal recorded by :meth:`goal_of` (the
+        grounding data's goals are relabelled with it). The default inverts the default :meth:`goal_of`:
+        ``{"goal": goal}``, plus the goal's own keys when it is a dict."""
+        return {**goal, "goal": goal} if isinstance(goal, dict) else {"goal": goal}
+
+    def state_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-dimension ``(low, high)`` bounds (each of length :attr:`state_dim`, raw units) that every real
+        state lies within, or None (the default) when the env declares none. Diagnostics count imagined
+        states outside them; without bounds they use the data's range."""
+        return None
 
     def realistic_states(self, states: np.ndarray) -> np.ndarray | None:
         """Which rows of ``states`` (shape ``(N, state_dim)``, raw units) are physically possible: a bool
@@ -157,10 +284,8 @@ class Environment(Component):
 
     def evaluate(self, policy: Policy, level: str, cases: Sequence[dict[str, Any]], seed: int,
                  embed: Callable[[list[str]], np.ndarray] | None = None,
-                 progress: Progress = _no_progress, batch_size: int = 128) -> EvalResult:
+                 progress: Progress = no_progress, batch_size: int = 128) -> EvalResult:
         """Play every case once with ``policy``, many episodes at a time. Override for a faster path."""
-        from .evaluation import evaluate_batched
-
         return evaluate_batched(self, policy, level, cases, seed, embed=embed, progress=progress,
                                 batch_size=batch_size)
 
@@ -259,7 +384,7 @@ class TrainContext:
     action_size: int  # number of discrete actions, or the continuous action dimension
     workdir: Path
     save_checkpoint: Callable[[int, Policy], None]
-    progress: Progress = _no_progress
+    progress: Progress = no_progress
     llm: LLMHandle | None = None
     env: Environment | None = None
     log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
@@ -324,7 +449,7 @@ class GroundingContext:
     tasks: list[GroundingTask]
     seed: int
     workdir: Path  # write the grounded model here
-    progress: Progress = _no_progress
+    progress: Progress = no_progress
 
 
 @dataclass
@@ -337,7 +462,7 @@ class ImagineContext:
     goals: list[dict[str, Any]]
     seed: int
     labels: str  # "oracle" (the env's own checks) | "model" (the grounded model's success judgement)
-    progress: Progress = _no_progress
+    progress: Progress = no_progress
     llm: LLMHandle | None = None  # the grounded model, when the suite's LLM section provides one
 
 
@@ -406,19 +531,132 @@ class RolloutSource(Component):
 # Running and reporting
 
 
+@dataclass
+class ItemLost:
+    """What an executor yields for an item that produced no result: its worker died or ``fn`` raised. The
+    runner fails that item's runs with ``reason`` and goes on with the others."""
+
+    item: Any
+    reason: str
+
+
 class Executor(Component):
     """Runs independent jobs; results are yielded as they complete (in any order)."""
 
     @abc.abstractmethod
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any], jobs: int) -> Iterator[Any]:
-        """Apply a picklable top-level ``fn`` to every item."""
+        """Apply a picklable top-level ``fn`` to every item; yield its result, or an :class:`ItemLost` for an
+        item whose worker died or whose ``fn`` raised (never raise for one item)."""
+
+    def close(self) -> None:
+        """Release workers and other resources; the runner calls it once when the suite ends."""
+
+
+@dataclass
+class ResultTable:
+    """One table of a report, in two forms: ``display`` with formatted string cells (``50.0 ± 3.1 (3)``)
+    and ``tidy`` with one row per observation and numbers in their own columns (``mean``, ``std``, ``n``,
+    ``ci_low``, ``ci_high``, ...)."""
+
+    name: str
+    """Short, file-name-safe name: ``success``, ``gains``, ``comparison-1``, ``rollouts``, ``diagnostics``,
+    ``timing``."""
+    title: str
+    display: pd.DataFrame
+    tidy: pd.DataFrame
+    result: bool = True
+    """False for bookkeeping tables (wall time) that are not results."""
 
 
 class Reporter(Component):
-    """Renders a results table as text (Markdown, CSV, LaTeX, ...)."""
+    """Renders the tables of a report as text (Markdown, CSV, LaTeX, JSON, ...)."""
 
     extension: ClassVar[str]
+    single_table: ClassVar[bool] = False
+    """True for formats that hold one table per file (CSV): ``report`` then asks for one table by name, and a
+    run writes one file per table."""
 
     @abc.abstractmethod
     def render(self, table: pd.DataFrame, title: str | None = None) -> str:
-        """Text of the table; ``table`` has string cells and named index/columns."""
+        """Text of one display table; ``table`` has string cells and named index/columns."""
+
+    def render_tables(self, tables: Sequence[ResultTable], footer: str | None = None) -> str:
+        """Text of a whole report. The default renders each display table with its title, then the footer
+        (a Markdown paragraph); override it to use the tidy forms or to leave tables out."""
+        parts = [self.render(t.display, title=t.title) for t in tables]
+        return "\n".join(parts + ([footer] if footer else []))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The default evaluator
+
+
+def evaluate_batched(env_plugin: Environment, policy: Policy, level: str, cases: Sequence[dict[str, Any]],
+                     seed: int, embed: Callable[[list[str]], np.ndarray] | None = None,
+                     progress: Progress = no_progress, batch_size: int = 128) -> EvalResult:
+    """Play every case once with ``policy`` on ``env_plugin.make(level)`` envs, in lockstep: one
+    ``policy.act`` call per step for every unfinished episode, so a neural policy pays one forward pass per
+    step instead of one per episode. Episodes end on ``terminated``/``truncated`` or after
+    ``env_plugin.horizon`` steps; ``info["is_success"]`` marks success. The default of
+    :meth:`Environment.evaluate`; plugins may call it from their own override."""
+    n = len(cases)
+    success = np.zeros(n, bool)
+    returns = np.zeros(n, np.float64)
+    lengths = np.zeros(n, np.int64)
+    if n == 0:
+        return EvalResult(success, returns, lengths)
+    width = max(1, min(batch_size, n))
+    envs = [env_plugin.make(level) for _ in range(width)]
+    horizon = int(env_plugin.horizon)
+    try:
+        for start in range(0, n, width):
+            idx = list(range(start, min(n, start + width)))
+            states, instr = [], []
+            for slot, i in enumerate(idx):
+                obs, _ = envs[slot].reset(seed=seed + i, options=dict(cases[i]))
+                states.append(np.asarray(obs, np.float32))
+                instr.append(str(cases[i]["instruction"]))
+            emb = embed(instr) if embed is not None else None
+            init = np.stack(states)
+            # Histories live in preallocated arrays; policies get views, so a step costs O(batch), not O(t).
+            hist_s = np.zeros((len(idx), horizon + 1) + init.shape[1:], np.float32)
+            hist_s[:, 0] = init
+            hist_r = np.zeros((len(idx), horizon), np.float32)
+            hist_a: np.ndarray | None = None
+            active = list(range(len(idx)))
+            t = 0
+            while active and t < horizon:
+                batch = PolicyBatch(
+                    states=hist_s[active, t],
+                    instructions=[instr[j] for j in active],
+                    embeddings=None if emb is None else emb[active],
+                    t=np.full(len(active), t, np.int64),
+                    initial_states=init[active],
+                    history_states=[hist_s[j, : t + 1] for j in active],
+                    history_actions=[hist_a[j, :t] if hist_a is not None else np.zeros((0,)) for j in active],
+                    history_rewards=[hist_r[j, :t] for j in active],
+                )
+                actions = np.asarray(policy.act(batch))
+                if hist_a is None:
+                    hist_a = np.zeros((len(idx), horizon) + actions.shape[1:], actions.dtype)
+                still = []
+                for k, j in enumerate(active):
+                    a = actions[k]
+                    obs, reward, terminated, truncated, info = envs[j].step(a.item() if a.ndim == 0 else a)
+                    i = idx[j]
+                    returns[i] += float(reward)
+                    lengths[i] += 1
+                    hist_s[j, t + 1] = np.asarray(obs, np.float32)
+                    hist_a[j, t] = a
+                    hist_r[j, t] = float(reward)
+                    if info.get("is_success", False):
+                        success[i] = True
+                    if not (terminated or truncated):
+                        still.append(j)
+                active = still
+                t += 1
+            progress(idx[-1] + 1, n)
+    finally:
+        for env in envs:
+            env.close()
+    return EvalResult(success=success, returns=returns, lengths=lengths)

@@ -17,7 +17,7 @@ import click
 
 from . import __version__
 from .compat import quiet_gym_banner
-from .errors import UserError
+from .errors import PluginError, UserError
 
 
 def _registry():
@@ -27,9 +27,18 @@ def _registry():
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="kalm-bench")
-def cli() -> None:
+@click.version_option(__version__, "-V", "--version", prog_name="kalm-bench")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow loading pickled files (KALM's released .npy files), which can run code when loaded: "
+                   "only for files from a source you trust. Same as KALM_BENCH_TRUST_PICKLE=1; a suite "
+                   "cannot turn this on.")
+def cli(trust_pickle: bool) -> None:
     """Benchmark harness for LLM-grounded offline RL (KALM): suites → runs → records → tables."""
+    if trust_pickle:
+        from .api import TRUST_PICKLE_ENV
+
+        # Through the environment, so worker processes (any executor) see the same choice.
+        os.environ[TRUST_PICKLE_ENV] = "1"
 
 
 OVERRIDE = click.option("-x", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
@@ -45,7 +54,7 @@ def _plan(suite_file: str, overrides: tuple[str, ...]):
 
 
 @cli.command()
-@click.argument("suite_file", type=click.Path(dir_okay=False))
+@click.argument("suite_file", type=click.Path())
 @OVERRIDE
 def validate(suite_file: str, overrides: tuple[str, ...]) -> None:
     """Check a suite: schema, names of plugins, presets and options, levels."""
@@ -62,9 +71,9 @@ DEFAULT_OUTPUT = Path("runs")
 
 
 @cli.command()
-@click.argument("suite_file", type=click.Path(dir_okay=False))
+@click.argument("suite_file", type=click.Path())
 @OVERRIDE
-@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
+@click.option("--output", "-o", type=click.Path(), default=None,
               help=f"Results directory [default: {DEFAULT_OUTPUT}/<suite>; the committed results/ are never "
                    "written unless named here].")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
@@ -90,21 +99,26 @@ def run(suite_file: str, overrides: tuple[str, ...], output: str | None, cache_d
     import yaml
 
     from .cache import ArtifactStore
+    from .output_dir import check_writable_dir
 
     plan = _plan(suite_file, overrides)
     suite = plan.loaded.suite
     if show_config:
-        click.echo(yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False), nl=False)
+        click.echo(yaml.safe_dump({**suite.model_dump(mode="json"), "resolved": _resolved_components(plan)},
+                                  sort_keys=False), nl=False)
         return
-    store = ArtifactStore(cache_dir)
     out = Path(output) if output else DEFAULT_OUTPUT / suite.suite
+    check_writable_dir(out, "--output", create=not dry_run)  # before any stage runs
+    store = ArtifactStore(cache_dir)
     if dry_run:
         _dry_run(plan, out, store, rerun_failed)
         return
     _registry().get("reporters", fmt, field="--format")
     _configure_logging(quiet, verbose)
     summary = _execute(plan, out, store, executor, jobs, rerun_failed)
-    click.echo(f"\n{summary.ok} ok, {summary.failed} failed, {summary.skipped_ok} already done"
+    click.echo(f"\n{summary.ok} ok, {summary.failed} failed"
+               f"{f' ({summary.retried} of these retried after failing earlier)' if summary.retried else ''}, "
+               f"{summary.skipped_ok} already done"
                f"{f', {summary.skipped_failed} failed earlier' if summary.skipped_failed else ''}; "
                f"stages built {summary.stages_built}, reused {summary.stages_cached}; {summary.wall_s:.0f} s → {out}")
     if any(r.get("status") == "ok" for r in summary.records):
@@ -114,6 +128,23 @@ def run(suite_file: str, overrides: tuple[str, ...], output: str | None, cache_d
         click.echo("\n" + text)
     if summary.failed or summary.skipped_failed:
         sys.exit(1)
+
+
+def _resolved_components(plan: Any) -> dict[str, Any]:
+    """Every component's configuration as the stages will use it: defaults < preset < the suite's values."""
+    out: dict[str, Any] = {"env": None, "encoder": None, "algorithms": {}, "llm_backends": {}}
+    for run in plan.runs:
+        train = plan.stages[run.stages["train"]].spec
+        out["algorithms"].setdefault(run.row, {"name": train["algorithm"]["name"],
+                                               "config": train["algorithm"]["config"]})
+        out["encoder"] = out["encoder"] or {"name": train["encoder"]["name"], "config": train["encoder"]["config"]}
+        if "grounding" in run.stages:
+            backend = plan.stages[run.stages["grounding"]].spec["backend"]
+            out["llm_backends"].setdefault(f"{run.row}", {"name": backend["name"], "config": backend["config"]})
+        if out["env"] is None:
+            env = plan.stages[run.stages["dataset"]].spec["env"]
+            out["env"] = {"name": env["name"], "config": env["config"]}
+    return out
 
 
 def _configure_logging(quiet: bool, verbose: bool) -> None:
@@ -130,6 +161,7 @@ def _dry_run(plan, out: Path, store, rerun_failed: bool) -> None:
     status = plan_status(plan, out, rerun_failed)
     state = {r.run_id: "done" for r in status.done}
     state.update({r.run_id: "failed earlier (--rerun-failed retries it)" for r in status.failed_earlier})
+    state.update({r.run_id: "to run again (failed earlier)" for r in status.retried})
     click.echo(f"runs ({len(plan.runs)}) → {out}")
     for r in plan.runs:
         click.echo(f"  {state.get(r.run_id, 'to run'):12s} {r.describe()}")
@@ -139,7 +171,8 @@ def _dry_run(plan, out: Path, store, rerun_failed: bool) -> None:
         if st.key in needed:
             click.echo(f"  {'cached' if store.done(st.kind, st.key) else 'to build':8s} {st.kind:9s} "
                        f"{st.key[:12]}  {st.label}")
-    click.echo(f"{len(status.done)} done, {len(status.failed_earlier)} failed earlier, {len(status.todo)} to run")
+    click.echo(f"{len(status.done)} done, {len(status.failed_earlier)} failed earlier, {len(status.todo)} to run"
+               + (f" ({len(status.retried)} of them failed earlier)" if status.retried else ""))
     if status.foreign:
         click.echo(f"warning: {out} holds {len(status.foreign)} finished run(s) not in this plan: a run there "
                    "is refused; choose another --output", err=True)
@@ -168,84 +201,52 @@ def _execute(plan, out: Path, store, executor: str, jobs: int, rerun_failed: boo
 
 
 def _write_tables(results: Path, fmt: str) -> dict[str, str]:
-    """``table.md`` and ``table.csv`` (and ``table.<ext>`` of ``fmt``), each with every table of ``report``;
-    returns the text written per format."""
+    """Every table of the report into ``results``: ``table.md`` (all tables, with how to read them and the
+    provenance), ``tables/<name>.csv`` (one tidy CSV per table), ``tables.json`` (all tidy tables) and
+    ``table.<ext>`` of ``fmt`` when that is another format; returns the text to print per format."""
     from .cache import atomic_write_text
+    from .report import build_report
 
+    report = build_report(results)
     written = {}
-    for name in dict.fromkeys(("md", "csv", fmt)):
-        reporter = _registry().get("reporters", name, field="--format")
-        written[name] = _render_report(results, fmt=name, stat=None, reference=None, reference_env=None)
-        atomic_write_text(results / f"table.{reporter.extension}", written[name])
+    for name in dict.fromkeys(("md", "csv", "json", fmt)):
+        reporter = _registry().get("reporters", name, field="--format")()
+        if reporter.single_table:
+            for table in report.tables:
+                text = reporter.render_tables([table], report.footer)
+                atomic_write_text(results / "tables" / f"{table.name}.{reporter.extension}", text)
+            written[name] = reporter.render_tables(report.tables[:1], report.footer)
+        else:
+            written[name] = reporter.render_tables(report.tables, report.footer)
+            atomic_write_text(results / (f"tables.{reporter.extension}" if name == "json"
+                                         else f"table.{reporter.extension}"), written[name])
+    stale = results / "table.csv"  # older results held every table in one CSV; tables/ replaces it
+    if stale.is_file():
+        stale.unlink()
     return written
 
 
 def _render_report(results: Path, fmt: str, stat: str | None, reference: str | None, reference_env: str | None,
-                   title: str | None = None) -> str:
-    from .records import load_records
-    from .report import (build_comparison_table, build_diagnostics_table, build_gain_table, build_rollouts_table,
-                         build_table, build_timing_table, provenance_lines)
+                   title: str | None = None, table: str | None = None) -> str:
+    from .report import build_report
 
-    records = load_records(results)
-    cfg: dict[str, Any] = {}
-    plan_file = results / "plan.json" if results.is_dir() else None
-    if plan_file and plan_file.is_file():
-        cfg = json.loads(plan_file.read_text()).get("config", {}).get("report", {}) or {}
-    stat = stat or cfg.get("stat", "mean_std")
-    ref_df, reference_env = _reference_for(results, reference, reference_env)
-    reps = int(cfg.get("reps", 2000))
     reporter = _registry().get("reporters", fmt, field="--format")()
-    ok = [r for r in records if r.get("status") == "ok"]
-    failed = [r for r in records if r.get("status") != "ok"]
-    suite_name = records[0]["suite"] if records else "results"
-    table = build_table(records, stat=stat, reference=ref_df, reference_env=reference_env, reps=reps)
-    parts = [reporter.render(table, title=title or f"{suite_name}: success rate (%)")]
-    gains = build_gain_table(records)
-    if gains is not None:
-        parts.append(reporter.render(gains, title="Gains (points): mean of the differences paired by replication "
-                                                  "[95% Student-t CI] (n pairs); KALM − control is what the LLM "
-                                                  "adds beyond the control's rollouts"))
-    for comp in cfg.get("comparisons", []) or []:
-        parts.append(reporter.render(build_comparison_table(table, comp["rows"], comp.get("levels")),
-                                     title=comp["title"]))
-    imaginary = build_rollouts_table(records)
-    if imaginary is not None:
-        parts.append(reporter.render(imaginary, title="Imaginary rollouts per source and level (mean ± std (n "
-                                                      "replications))"))
-    diag = build_diagnostics_table(records)
-    if diag is not None:
-        parts.append(reporter.render(diag, title="LLM diagnostics (%)"))
-    timings_file = results / "timings.json" if results.is_dir() else None
-    timings = None
-    if timings_file is not None and timings_file.is_file():
-        try:
-            timings = json.loads(timings_file.read_text())
-            timing = build_timing_table(timings)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UserError(f"corrupt timings file ({exc})", file=timings_file) from None
-        if timing is not None:
-            parts.append(reporter.render(timing, title="Wall time per stage (each stage's build time, also for "
-                                                       "stages an earlier invocation built into the cache)"))
-    cell = "mean ± std (n seeds)" if stat == "mean_std" else "IQM [95% stratified-bootstrap CI] (n seeds)"
-    ks = sorted({int(r["last_k"]) for r in ok if r.get("last_k") is not None}, reverse=True)
-    untrained = sorted({r["algorithm"] for r in ok if len(ks) > 1 and r.get("last_k") == ks[-1]})
-    window = (f"{ks[0]} checkpoints" + (f" ({ks[-1]} for {', '.join(untrained)})" if len(ks) > 1 else "")
-              if ks else "? checkpoints")
-    footer = (f"{len(ok)} runs ok, {len(failed)} failed. Cells: {cell} of the per-seed success rate, each the mean "
-              f"over the last {window}; a cell of one seed shows its "
-              "value alone. Each seed is a replication: it re-runs the stages "
-              f"{', '.join(ok[0].get('replicate') or ['policy']) if ok else 'policy'}.")
-    if fmt == "md":
-        parts.append(footer + "\n")
-        prov = provenance_lines(records, timings)
-        if prov:
-            parts.append("Provenance:\n\n" + "\n".join(prov) + "\n")
-    return "\n".join(parts)
+    report = build_report(results, stat=stat, reference=reference, reference_env=reference_env, title=title)
+    tables = report.tables
+    names = [t.name for t in tables]
+    if table is not None:
+        if table not in names:
+            raise UserError(f"no table {table!r} in these results; tables: {', '.join(names)}", field="--table")
+        tables = [t for t in tables if t.name == table]
+    elif reporter.single_table:
+        tables = tables[:1]
+    return reporter.render_tables(tables, report.footer)
 
 
 @cli.command()
 @click.argument("results", type=click.Path(exists=False))
-@click.option("--format", "fmt", default="md", show_default=True, help="md, csv, latex, or a reporter plugin.")
+@click.option("--format", "fmt", default="md", show_default=True,
+              help="md, latex, csv, json, or a reporter plugin (see `kalm-bench ls reporters`).")
 @click.option("--stat", type=click.Choice(["mean_std", "iqm_ci"]), default=None,
               help="Cell statistic [default: the suite's report.stat].")
 @click.option("--reference", type=click.Path(dir_okay=False), default=None,
@@ -253,10 +254,20 @@ def _render_report(results: Path, fmt: str, stat: str | None, reference: str | N
 @click.option("--reference-env", default=None, help="Value of the reference CSV's env column to use.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to a file.")
 @click.option("--summary", is_flag=True, help="Also append the Markdown table to $GITHUB_STEP_SUMMARY.")
+@click.option("--write", "write_files", is_flag=True,
+              help="Also (re)write the table files of the results directory, as a run does (table.md, tables/).")
+@click.option("--table", default=None, metavar="NAME",
+              help="Only this table: success, gains, comparison-N, rollouts, diagnostics or timing [default: all; "
+                   "success for one-table formats such as csv].")
 def report(results: str, fmt: str, stat: str | None, reference: str | None, reference_env: str | None,
-           output: str | None, summary: bool) -> None:
-    """Print the results table of a results directory (or records .jsonl)."""
-    text = _render_report(Path(results), fmt, stat, reference, reference_env)
+           output: str | None, summary: bool, table: str | None, write_files: bool) -> None:
+    """Print the tables of a results directory (or records .jsonl): md and latex show formatted cells; csv
+    (one table) and json (all tables) give tidy rows with numbers in their own columns."""
+    if write_files:
+        if not Path(results).is_dir():
+            raise UserError("--write needs a results directory", file=results, field="--write")
+        _write_tables(Path(results), fmt)
+    text = _render_report(Path(results), fmt, stat, reference, reference_env, table=table)
     if output:
         from .cache import atomic_write_text
 
@@ -277,40 +288,31 @@ def report(results: str, fmt: str, stat: str | None, reference: str | None, refe
               help="CSV of published numbers drawn beside ours [default: the suite's report.reference].")
 @click.option("--reference-env", default=None, help="Value of the reference CSV's env column to use.")
 def plot(results: str, out_dir: str | None, reference: str | None, reference_env: str | None) -> None:
-    """Draw success-rate bars per level (paper beside ours) and learning curves as PNG."""
-    from .plot import plot_bars, plot_curves
+    """Draw the figures as PNG: success bars per level (paper beside ours), learning curves with the scored
+    window, the paired gains with their intervals, and the imaginary rollouts' goal match per source."""
+    from .plot import plot_bars, plot_curves, plot_diagnostics, plot_gains
     from .records import load_records
+    from .report import build_report
 
     path = Path(results)
+    report = build_report(path, reference=reference, reference_env=reference_env)
     records = load_records(path)
-    ref_df, ref_env = _reference_for(path, reference, reference_env)
+    suite = records[0].get("suite", "") if records else ""
     out = Path(out_dir) if out_dir else (path if path.is_dir() else path.parent)
-    bars = plot_bars(records, out / "success_bars.png", ref_df, ref_env)
-    curves = plot_curves(records, out / "learning_curves.png")
-    click.echo(f"wrote {bars} and {curves}")
+    written = [plot_bars(report, out / "success_bars.png", f"{suite}: success rate per level")]
+    try:
+        written.append(plot_curves(records, out / "learning_curves.png", f"{suite}: learning curves"))
+    except UserError as exc:
+        click.echo(f"no learning curves: {exc}", err=True)
+    written.append(plot_gains(report, out / "gains.png", f"{suite}: paired gains [95% t-interval]"))
+    written.append(plot_diagnostics(report, out / "diagnostics.png", f"{suite}: imaginary rollouts"))
+    click.echo("wrote " + ", ".join(str(w) for w in written if w is not None))
 
 
 def _reference_for(results: Path, reference: str | None, reference_env: str | None):
-    from .report import load_reference
+    from .report import reference_for
 
-    cfg: dict[str, Any] = {}
-    suite_file = None
-    plan_file = results / "plan.json" if results.is_dir() else None
-    if plan_file and plan_file.is_file():
-        plan = json.loads(plan_file.read_text())
-        cfg = plan.get("config", {}).get("report", {}) or {}
-        # Written relative to the results directory (older results hold an absolute path, which `/` keeps).
-        suite_file = results / plan.get("suite_file", ".")
-    ref_path = reference or cfg.get("reference")
-    if not ref_path:
-        return None, None
-    p = Path(ref_path)
-    if reference is None and not p.is_absolute() and suite_file is not None:
-        p = suite_file.parent / p
-    copy = results / "reference.csv" if results.is_dir() else None
-    if reference is None and copy is not None and copy.is_file():
-        p = copy  # the copy the run saved: the suite file may be elsewhere or gone
-    return load_reference(p), reference_env or cfg.get("reference_env")
+    return reference_for(results, reference, reference_env)
 
 
 @cli.command()
@@ -351,37 +353,106 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  {kind}: {', '.join(names)}")
     failures = reg.failures()
     if failures:
+        from .plugins import _strict
+
+        if _strict():  # listed first, so that the failures can be read; then the error
+            raise PluginError(f"{len(failures)} plugin(s) failed to load: "
+                              + "; ".join(f"{p.name!r}: {p.error}" for p in failures) + " (KALM_BENCH_STRICT_PLUGINS is set)")
         click.echo(f"\n{len(failures)} plugin(s) failed to load and were skipped "
                    "(KALM_BENCH_STRICT_PLUGINS=1 makes this an error).")
 
 
+KINDS = ("envs", "algorithms", "llm_backends", "grounding_tasks", "rollout_sources", "encoders", "executors",
+         "reporters")
+
+
+def _type_name(annotation: Any) -> str:
+    """A config field's type as a user writes it: ``list[int]``, ``'none' | 'standard'``, ``float | None``."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _options(cls: Any) -> list[dict[str, Any]]:
+    from pydantic_core import PydanticUndefined
+
+    out = []
+    for name, info in cls.Config.model_fields.items():
+        default = None if info.default is PydanticUndefined else info.default
+        if info.default_factory is not None:
+            default = info.default_factory()
+        out.append({"name": name, "type": _type_name(info.annotation), "default": default,
+                    "required": info.is_required(), "description": info.description or ""})
+    return out
+
+
 @cli.command(name="ls")
-@click.argument("kind", type=click.Choice(["envs", "algorithms", "llm_backends", "grounding_tasks",
-                                           "rollout_sources", "encoders", "executors", "reporters"]))
+@click.argument("kind", type=click.Choice(KINDS), required=False)
+@click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True)
-def ls_cmd(kind: str, as_json: bool) -> None:
-    """List what plugins registered of one kind, with presets, levels and options."""
+def ls_cmd(kind: str | None, name: str | None, as_json: bool) -> None:
+    """List what plugins registered: every kind, one kind, or one component in detail (options with types,
+    defaults and descriptions, presets with their values)."""
     reg = _registry()
-    rows = []
-    for name in reg.names(kind):
-        cls = reg.get(kind, name)
-        row = {"name": name, "plugin": reg.plugin_of(kind, name).name, "version": cls.version,
-               "description": cls.description, "options": sorted(cls.Config.model_fields),
-               "presets": sorted(cls.presets)}
+    if name is not None:
+        cls = reg.get(kind, name, field=kind)
+        row = {"kind": kind, "name": name, "plugin": reg.plugin_of(kind, name).name, "version": cls.version,
+               "description": cls.description, "options": _options(cls), "presets": dict(cls.presets)}
         if kind == "envs":
             row["levels"] = dict(cls.levels)
-        rows.append(row)
+        if as_json:
+            click.echo(json.dumps(row, indent=2, default=str))
+            return
+        click.echo(f"{name}  [{kind}, plugin {row['plugin']}, version {cls.version}]\n  {cls.description}")
+        for lv, text in (row.get("levels") or {}).items():
+            click.echo(f"  level {lv}: {text}")
+        if row["options"]:
+            click.echo("  options:")
+            for opt in row["options"]:
+                default = "required" if opt["required"] else f"default {opt['default']!r}"
+                click.echo(f"    {opt['name']}: {opt['type']} ({default})"
+                           + (f"  {opt['description']}" if opt["description"] else ""))
+        for preset, values in row["presets"].items():
+            click.echo(f"  preset {preset}: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+        return
+    rows = []
+    for k in ([kind] if kind else KINDS):
+        for n in reg.names(k):
+            cls = reg.get(k, n)
+            row = {"kind": k, "name": n, "plugin": reg.plugin_of(k, n).name, "version": cls.version,
+                   "description": cls.description, "options": sorted(cls.Config.model_fields),
+                   "presets": sorted(cls.presets)}
+            if k == "envs":
+                row["levels"] = dict(cls.levels)
+            rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    current = None
     for row in rows:
-        click.echo(f"{row['name']}  [{row['plugin']}]  {row['description']}")
+        if kind is None and row["kind"] != current:
+            current = row["kind"]
+            click.echo(f"{current}:")
+        indent = "  " if kind is None else ""
+        click.echo(f"{indent}{row['name']}  [{row['plugin']}]  {row['description']}")
         if row.get("levels"):
-            click.echo(f"  levels: {', '.join(row['levels'])}")
+            click.echo(f"{indent}  levels: {', '.join(row['levels'])}")
         if row["presets"]:
-            click.echo(f"  presets: {', '.join(row['presets'])}")
+            click.echo(f"{indent}  presets: {', '.join(row['presets'])}")
         if row["options"]:
-            click.echo(f"  options: {', '.join(row['options'])}")
+            click.echo(f"{indent}  options: {', '.join(row['options'])}")
 
 
 @cli.group()
@@ -450,7 +521,7 @@ def data_generate(env: str, episodes: int, seed: int, out: str, options: tuple[s
     from .stages import seed_everything
 
     cls = _registry().get("envs", env, field="ENV")
-    env_obj = cls(_kv(env_config, "--env-config"))
+    env_obj = cls(_env_config(cls, _kv(env_config, "--env-config")))
     bar = tqdm(total=episodes, unit="ep", disable=not sys.stderr.isatty())
 
     def progress(done: int, total: int) -> None:
@@ -469,12 +540,37 @@ def data_generate(env: str, episodes: int, seed: int, out: str, options: tuple[s
 
 @data.command(name="info")
 @click.argument("path", type=click.Path(file_okay=False))
-def data_info(path: str) -> None:
-    """Verify a dataset directory (checksums, shapes) and print its manifest."""
-    from .datasets import TrajectoryDataset
+@click.option("--env", "env_name", default=None, metavar="ENV",
+              help="Also check that the dataset is ENV's (name and action kind) [default: the env the manifest "
+                   "names, when it is installed].")
+def data_info(path: str, env_name: str | None) -> None:
+    """Verify a dataset directory (manifest, checksums, dtypes and shapes, finite values, JSON goals) and print
+    its manifest."""
+    from .datasets import TrajectoryDataset, read_manifest
 
-    ds = TrajectoryDataset.load(path)
+    reg = _registry()
+    if env_name is not None:
+        env_cls = reg.get("envs", env_name, field="--env")
+    else:
+        named = read_manifest(path)["env"]
+        env_cls = reg.get("envs", named) if named in reg.names("envs") else None
+    ds = TrajectoryDataset.load(path, env=env_cls)
     click.echo(json.dumps(ds.manifest(), indent=2, sort_keys=True))
+
+
+def _env_config(cls: Any, values: dict[str, Any]) -> Any:
+    """``values`` (from ``--env-config``) validated by the env's config schema: a bad key or value is a
+    one-line error naming it."""
+    from pydantic import ValidationError
+
+    try:
+        return cls.make_config(overrides=values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(config)"
+        msg = "unknown option" if err["type"] == "extra_forbidden" else " ".join(str(err["msg"]).split())
+        allowed = ", ".join(sorted(cls.Config.model_fields)) or "none"
+        raise UserError(f"{key}: {msg} for env {cls.name!r} (options: {allowed})", field="--env-config") from None
 
 
 def _kv(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
@@ -485,25 +581,52 @@ def _kv(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
         if "=" not in p:
             raise UserError(f"{p!r} must look like KEY=VALUE", field=flag)
         k, v = p.split("=", 1)
-        out[k] = yaml.safe_load(v)
+        try:
+            out[k] = yaml.safe_load(v)
+        except yaml.YAMLError as exc:
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise UserError(f"{k}: value {v!r} is not valid YAML ({problem})", field=flag) from None
     return out
 
 
 def _add_plugin_commands() -> None:
-    """Let plugins add sub-commands; a failing plugin is reported by `plugins`, not fatal here."""
+    """Let plugins add sub-commands; a failing plugin is reported by `plugins`, not fatal here. Each plugin
+    adds its commands to a group of its own first, so that a name already taken (a built-in command or
+    another plugin's) is refused for the newcomer, with a warning, instead of replacing the command."""
+    import logging
+
     reg = _registry()
+    owner = {name: "kalm-bench" for name in cli.commands}
     for impl in reg.pm.hook.register_commands.get_hookimpls():
+        info = reg.plugins.get(impl.plugin_name)
+        staging = click.Group(name=impl.plugin_name)
         try:
-            impl.function(cli=cli)
+            impl.function(cli=staging)
         except Exception as exc:  # noqa: BLE001 - isolation, as for the other hooks
-            info = reg.plugins.get(impl.plugin_name)
             if info is not None and not info.error:
                 info.error = f"register_commands: {type(exc).__name__}: {exc}"
+            continue
+        for name, command in staging.commands.items():
+            if name in cli.commands:
+                message = (f"plugin {impl.plugin_name!r}: command {name!r} refused: it is already defined by "
+                           f"{owner[name]!r}")
+                logging.getLogger("kalm_bench").warning(message)
+                if info is not None and not info.error:
+                    info.error = f"register_commands: {message}"
+                continue
+            cli.add_command(command, name)
+            owner[name] = impl.plugin_name
 
 
 def main(argv: list[str] | None = None) -> None:
     quiet_gym_banner()
+    args = sys.argv[1:] if argv is None else argv
     try:
+        if next((a for a in args if not a.startswith("-")), None) == "plugins":
+            # `plugins` lists every plugin and its failure even in strict mode, and fails afterwards.
+            from .plugins import build_registry, set_registry
+
+            set_registry(build_registry(strict=False))
         _add_plugin_commands()
         cli.main(args=argv, prog_name="kalm-bench", standalone_mode=False)
     except UserError as exc:

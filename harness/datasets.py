@@ -20,6 +20,13 @@ Arrays (N = total transitions, E = episodes, S = state size):
 ==================  ==============  ==========================================================
 
 An episode's last transition is terminal when ``success`` is true, a time-out otherwise.
+
+Loading checks a dataset before trusting it, and every problem is a :class:`~kalm_bench.errors.UserError`
+naming the file and the field: the manifest (at most ``MAX_MANIFEST_BYTES``, a JSON object with the fields
+above and the right types), the array headers (dtype and shape, read before any array is loaded, so an
+array whose declared shape does not match its stored bytes, or arrays larger than
+``KALM_BENCH_MAX_DATASET_BYTES`` — default: the machine's memory — are refused without allocating them),
+then rows, lengths and action ranges, finite numbers, and goals that parse as JSON.
 """
 
 from __future__ import annotations
@@ -29,19 +36,231 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import Environment
 
 FORMAT = "kalm-bench-trajectories"
 FORMAT_VERSION = 1
 _STEP_ARRAYS = ("states", "actions", "rewards", "next_states")
 _EPISODE_ARRAYS = ("lengths", "success", "instructions", "goals", "levels")
+MAX_MANIFEST_BYTES = 16 << 20
+"""A manifest holds counts and a few attributes; a larger file is refused before it is parsed."""
+MAX_BYTES_VARIABLE = "KALM_BENCH_MAX_DATASET_BYTES"
+# numpy dtype kinds each array may have (f float, i/u integer, b bool, U str); actions depend on action_kind.
+_KINDS = {"states": "fiu", "next_states": "fiu", "rewards": "fiu", "lengths": "iu", "success": "b",
+          "instructions": "U", "goals": "U", "levels": "U"}
+_ACTION_KINDS = {"discrete": "iu", "continuous": "f"}
+_KIND_NAMES = {"f": "float", "i": "integer", "u": "integer", "b": "bool", "U": "str"}
+_FINITE_CHUNK = 1 << 22  # elements checked at a time, so the check needs little memory
+
+
+class DatasetProblem(ValueError):
+    """Arrays that do not form a dataset; ``problems`` holds ``(field, message)`` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
+
+
+class Manifest(BaseModel):
+    """The fields of ``manifest.json`` the loader reads (others are kept but ignored)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    format: StrictStr
+    format_version: StrictInt
+    env: StrictStr = Field(min_length=1)
+    action_kind: Literal["discrete", "continuous"]
+    action_size: StrictInt = Field(ge=1)
+    state_dim: StrictInt | None = Field(None, ge=0)
+    n_episodes: StrictInt | None = Field(None, ge=0)
+    n_transitions: StrictInt | None = Field(None, ge=0)
+    n_success: StrictInt | None = Field(None, ge=0)
+    seed: StrictInt | None = None
+    source: StrictStr = ""
+    attrs: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, StrictStr] = Field(default_factory=dict)
+
+
+def max_dataset_bytes() -> int:
+    """Largest total size of a dataset's arrays that loading accepts: ``$KALM_BENCH_MAX_DATASET_BYTES``, or
+    the machine's physical memory."""
+    raw = os.environ.get(MAX_BYTES_VARIABLE, "").strip()
+    if raw:
+        try:
+            value = int(float(raw))
+        except ValueError:
+            raise UserError(f"expected a number of bytes, got {raw!r}", field=MAX_BYTES_VARIABLE) from None
+        if value < 1:
+            raise UserError(f"expected a positive number of bytes, got {raw!r}", field=MAX_BYTES_VARIABLE)
+        return value
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return 64 << 30
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked manifest of the dataset directory ``path`` (a :class:`UserError` names any problem)."""
+    mpath = Path(path) / "manifest.json"
+    if not mpath.exists():
+        raise UserError(f"no dataset manifest: {mpath} does not exist", file=mpath)
+    if not mpath.is_file():
+        raise UserError("the manifest is not a regular file", file=mpath)
+    try:
+        size = mpath.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise UserError(f"manifest is {size} bytes, more than a dataset manifest holds "
+                            f"({MAX_MANIFEST_BYTES} bytes at most)", file=mpath)
+        with open(mpath, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"cannot read the manifest ({exc.strerror or exc})", file=mpath) from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise UserError(f"manifest is more than {MAX_MANIFEST_BYTES} bytes", file=mpath)
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError("corrupt manifest (not UTF-8 text)", file=mpath) from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"corrupt manifest ({exc.msg} at line {exc.lineno})", file=mpath) from None
+    except RecursionError:
+        raise UserError("corrupt manifest (nested too deeply)", file=mpath) from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"corrupt manifest: expected a JSON object, got {_json_type(manifest)}", file=mpath)
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"not a {FORMAT} dataset (format={manifest.get('format')!r})", file=mpath,
+                        field="format")
+    if manifest.get("format_version") != FORMAT_VERSION or isinstance(manifest.get("format_version"), bool):
+        raise UserError(f"unsupported format_version {manifest.get('format_version')!r} "
+                        f"(this kalm-bench reads {FORMAT_VERSION})", file=mpath, field="format_version")
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or None
+        value = err.get("input")
+        shown = f" (got {_json_type(value)} {_short(value)})" if err["type"] != "missing" else ""
+        raise UserError(f"{err['msg']}{shown}", file=mpath, field=where) from None
+    return manifest
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def check_env(manifest: dict[str, Any], env: type[Environment] | Environment, file: Path) -> None:
+    """Refuse a dataset (its checked manifest) that is not ``env``'s: another env name or action kind."""
+    if manifest["env"] != env.name:
+        raise UserError(f"dataset is for env {manifest['env']!r}, not {env.name!r}", file=file, field="env")
+    if manifest["action_kind"] != env.action_kind:
+        raise UserError(f"dataset has {manifest['action_kind']} actions, env {env.name!r} has "
+                        f"{env.action_kind} actions", file=file, field="action_kind")
+
+
+def _require_file(dpath: Path) -> None:
+    if not dpath.exists():
+        raise UserError("data file is missing", file=dpath)
+    if not dpath.is_file():
+        raise UserError("the data file is not a regular file", file=dpath)
+
+
+def _check_file_size(dpath: Path, limit: int) -> None:
+    try:
+        size = dpath.stat().st_size
+    except OSError as exc:
+        raise UserError(f"cannot read the data file ({exc.strerror or exc})", file=dpath) from None
+    if size > limit:
+        raise UserError(f"data file is {_size(size)}, more than the {_size(limit)} loading allows "
+                        f"({MAX_BYTES_VARIABLE})", file=dpath)
+
+
+def _read_headers(dpath: Path, limit: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each array of ``data.npz``, from the .npy headers only (nothing is loaded)."""
+    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    total = 0
+    try:
+        with zipfile.ZipFile(dpath) as zf:
+            members = {info.filename: info for info in zf.infolist()}
+            for key in _STEP_ARRAYS + _EPISODE_ARRAYS:
+                info = members.get(f"{key}.npy")
+                if info is None:
+                    raise UserError(f"array {key} is missing", file=dpath, field=key)
+                with zf.open(info) as f:
+                    try:
+                        version = np.lib.format.read_magic(f)
+                        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                else np.lib.format.read_array_header_2_0)
+                        shape, _fortran, dtype = read(f)
+                    except (ValueError, EOFError, OSError) as exc:
+                        raise UserError(f"not a valid .npy array ({exc})", file=dpath, field=key) from None
+                    header = f.tell()
+                if dtype.hasobject:
+                    raise UserError("holds Python objects (a pickle), which kalm-bench never loads", file=dpath,
+                                    field=key)
+                if any(d < 0 for d in shape):
+                    raise UserError(f"negative dimension in shape {shape}", file=dpath, field=key)
+                nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize if shape else dtype.itemsize
+                if nbytes != info.file_size - header:
+                    raise UserError(f"header declares shape {shape} of {dtype} ({_size(nbytes)}), the file holds "
+                                    f"{_size(max(info.file_size - header, 0))} of data", file=dpath, field=key)
+                total += nbytes
+                headers[key] = (tuple(int(d) for d in shape), dtype)
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise UserError(f"cannot read arrays ({type(exc).__name__}: {exc})", file=dpath) from None
+    if total > limit:
+        raise UserError(f"arrays hold {_size(total)}, more than the {_size(limit)} loading allows "
+                        f"({MAX_BYTES_VARIABLE})", file=dpath)
+    return headers
+
+
+def _raise_first(problems: list[tuple[str, str]], mpath: Path, dpath: Path) -> None:
+    """The first problem as a :class:`UserError` naming its file (manifest fields, else the data file)."""
+    if not problems:
+        return
+    name, message = problems[0]
+    more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+    raise UserError(message + more, file=mpath if name in ("action_kind", "action_size") else dpath, field=name)
+
+
+def _first_not_finite(a: np.ndarray) -> int | None:
+    """Row of the first NaN or infinite value of a float array (checked a chunk at a time), or None."""
+    if a.dtype.kind != "f" or a.size == 0:
+        return None
+    rows = max(1, _FINITE_CHUNK // max(1, a.size // max(1, len(a))))
+    for start in range(0, len(a), rows):
+        ok = np.isfinite(a[start:start + rows])
+        if not ok.all():
+            bad = np.nonzero(~ok.reshape(len(ok), -1).all(axis=1))[0]
+            return start + int(bad[0])
+    return None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -173,22 +392,89 @@ class TrajectoryDataset:
         return terminals, timeouts
 
     def validate(self) -> None:
-        n, e = len(self.states), len(self.lengths)
-        problems = []
-        for k in _STEP_ARRAYS:
-            if len(getattr(self, k)) != n:
-                problems.append(f"{k} has {len(getattr(self, k))} rows, states has {n}")
-        for k in _EPISODE_ARRAYS:
-            if len(getattr(self, k)) != e:
-                problems.append(f"{k} has {len(getattr(self, k))} rows, lengths has {e}")
-        if int(np.sum(self.lengths)) != n:
-            problems.append(f"lengths sum to {int(np.sum(self.lengths))}, but there are {n} transitions")
-        if self.action_kind not in ("discrete", "continuous"):
-            problems.append(f"action_kind {self.action_kind!r} is not 'discrete' or 'continuous'")
-        elif self.action_kind == "discrete" and n and (self.actions.min() < 0 or self.actions.max() >= self.action_size):
-            problems.append(f"discrete actions outside [0, {self.action_size})")
+        """Check that the arrays form a dataset: dtypes, shapes, rows, lengths and action range.
+
+        Raises :class:`DatasetProblem` (a ``ValueError``) listing each problem with the array it is in.
+        """
+        problems = self.problems()
         if problems:
-            raise ValueError("; ".join(problems))
+            raise DatasetProblem(problems)
+
+    def problems(self, limit: int = 10, values: bool = True) -> list[tuple[str, str]]:
+        """``(field, message)`` for what is wrong with the arrays (at most ``limit``; empty when valid).
+        ``values=False`` checks only dtypes and shapes (what the array headers tell)."""
+        problems: list[tuple[str, str]] = []
+        arrays = {k: getattr(self, k) for k in _STEP_ARRAYS + _EPISODE_ARRAYS}
+        for k, a in arrays.items():
+            if not isinstance(a, np.ndarray):
+                problems.append((k, f"expected a numpy array, got {type(a).__name__}"))
+        if problems:
+            return problems
+        if self.action_kind not in _ACTION_KINDS:
+            problems.append(("action_kind", f"{self.action_kind!r} is not 'discrete' or 'continuous'"))
+        if isinstance(self.action_size, bool) or not isinstance(self.action_size, (int, np.integer)) \
+                or self.action_size < 1:
+            problems.append(("action_size", f"expected a positive integer, got {self.action_size!r}"))
+        if problems:
+            return problems
+        kinds = {**_KINDS, "actions": _ACTION_KINDS[self.action_kind]}
+        for k, a in arrays.items():
+            if a.dtype.kind not in kinds[k]:
+                want = " or ".join(dict.fromkeys(_KIND_NAMES[c] for c in kinds[k]))
+                extra = f" ({self.action_kind} actions)" if k == "actions" else ""
+                problems.append((k, f"expected {want} values{extra}, got dtype {a.dtype}"))
+        ndims = {**{k: 1 for k in arrays}, "states": 2, "next_states": 2,
+                 "actions": 1 if self.action_kind == "discrete" else 2}
+        for k, a in arrays.items():
+            if a.ndim != ndims[k]:
+                shape = "(N,)" if k in _STEP_ARRAYS else "(E,)"
+                shape = {"states": "(N, state_dim)", "next_states": "(N, state_dim)",
+                         "actions": f"(N, {self.action_size})"}.get(k, shape) if ndims[k] == 2 else shape
+                problems.append((k, f"expected shape {shape}, got {a.shape}"))
+        if problems:
+            return problems[:limit]
+        n, e = len(self.states), len(self.lengths)
+        for k in _STEP_ARRAYS:
+            if len(arrays[k]) != n:
+                problems.append((k, f"{k} has {len(arrays[k])} rows, states has {n}"))
+        for k in _EPISODE_ARRAYS:
+            if len(arrays[k]) != e:
+                problems.append((k, f"{k} has {len(arrays[k])} rows, lengths has {e}"))
+        if self.next_states.shape[1:] != self.states.shape[1:]:
+            problems.append(("next_states", f"rows have {self.next_states.shape[1]} numbers, states rows have "
+                                            f"{self.states.shape[1]}"))
+        if self.action_kind == "continuous" and self.actions.shape[1] != self.action_size:
+            problems.append(("actions", f"rows have {self.actions.shape[1]} numbers, action_size is "
+                                        f"{self.action_size}"))
+        if not values:
+            return problems[:limit]
+        if e and self.lengths.min() < 0:
+            i = int(np.argmin(self.lengths))
+            problems.append(("lengths", f"episode {i} has negative length {int(self.lengths[i])}"))
+        elif int(np.sum(self.lengths, dtype=np.int64)) != n:
+            problems.append(("lengths", f"lengths sum to {int(np.sum(self.lengths, dtype=np.int64))}, but there "
+                                        f"are {n} transitions"))
+        if self.action_kind == "discrete" and n and (self.actions.min() < 0 or self.actions.max() >= self.action_size):
+            bad = int(np.nonzero((self.actions < 0) | (self.actions >= self.action_size))[0][0])
+            problems.append(("actions", f"discrete actions outside [0, {self.action_size}) (row {bad}: "
+                                        f"{int(self.actions[bad])})"))
+        return problems[:limit]
+
+    def content_problems(self) -> list[tuple[str, str]]:
+        """``(field, message)`` for values that are not usable: NaN or infinite numbers, goals that are not
+        JSON. Run by :meth:`load` on data it has not written itself (``verify=True``)."""
+        problems: list[tuple[str, str]] = []
+        for k in ("states", "next_states", "rewards") + (("actions",) if self.action_kind == "continuous" else ()):
+            row = _first_not_finite(getattr(self, k))
+            if row is not None:
+                problems.append((k, f"row {row} holds a NaN or infinite value"))
+        for i, g in enumerate(self.goals):
+            try:
+                json.loads(str(g))
+            except (json.JSONDecodeError, RecursionError):
+                problems.append(("goals", f"goal of episode {i} is not JSON: {_short(str(g), 40)}"))
+                break
+        return problems
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -229,46 +515,73 @@ class TrajectoryDataset:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], verify: bool = True) -> TrajectoryDataset:
-        """Load and check a dataset directory; any problem is a :class:`UserError` naming the file."""
+    def inspect(cls, path: str | os.PathLike[str],
+                env: type[Environment] | Environment | None = None) -> dict[str, Any]:
+        """Check a dataset directory without loading its arrays: the manifest, ``env`` (name and action kind)
+        when given, and the dtypes and shapes the array headers declare. Returns the manifest. Cheap enough
+        for ``validate``; :meth:`load` also checks the values."""
+        path = Path(path)
+        mpath, dpath = path / "manifest.json", path / "data.npz"
+        manifest = read_manifest(path)
+        if env is not None:
+            check_env(manifest, env, mpath)
+        _require_file(dpath)
+        limit = max_dataset_bytes()
+        _check_file_size(dpath, limit)
+        headers = _read_headers(dpath, limit)
+        # Zero-strided stand-ins of the declared shapes: the shape checks run without reading any data.
+        shells = {k: np.broadcast_to(np.zeros((), dtype), shape) for k, (shape, dtype) in headers.items()}
+        ds = cls.__new__(cls)
+        ds.__dict__.update(shells, env=manifest["env"], action_kind=manifest["action_kind"],
+                           action_size=int(manifest["action_size"]), seed=manifest.get("seed"),
+                           source=manifest.get("source", ""), attrs=manifest.get("attrs", {}))
+        _raise_first(ds.problems(values=False), mpath, dpath)
+        for key in ("n_episodes", "n_transitions", "state_dim"):
+            if manifest.get(key) is not None and manifest[key] != getattr(ds, key):
+                raise UserError(f"{key} is {manifest[key]} but the arrays hold {getattr(ds, key)}", file=mpath,
+                                field=key)
+        return manifest
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], verify: bool = True,
+             env: type[Environment] | Environment | None = None) -> TrajectoryDataset:
+        """Load and check a dataset directory; any problem is a :class:`UserError` naming the file and field.
+
+        The manifest and the array headers are checked before any array is read. ``verify`` also checks the
+        data file's checksum and the values (finite numbers, JSON goals): leave it on for data from outside
+        (it is off only for artifacts kalm-bench wrote and checked itself). With ``env``, a dataset of another
+        env or action kind is refused.
+        """
         path = Path(path)
         mpath = path / "manifest.json"
-        if not mpath.is_file():
-            raise UserError(f"no dataset manifest: {mpath} does not exist", file=mpath)
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"corrupt manifest ({exc.msg} at line {exc.lineno})", file=mpath) from None
-        if manifest.get("format") != FORMAT:
-            raise UserError(f"not a {FORMAT} dataset (format={manifest.get('format')!r})", file=mpath,
-                            field="format")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"unsupported format_version {manifest.get('format_version')!r} "
-                            f"(this kalm-bench reads {FORMAT_VERSION})", file=mpath, field="format_version")
+        manifest = read_manifest(path)
+        if env is not None:
+            check_env(manifest, env, mpath)
         dpath = path / "data.npz"
-        if not dpath.is_file():
-            raise UserError("data file is missing", file=dpath)
+        _require_file(dpath)
+        limit = max_dataset_bytes()
+        _check_file_size(dpath, limit)
         expected = manifest.get("files", {}).get("data.npz")
         if verify and expected and sha256_file(dpath) != expected:
             raise UserError("checksum mismatch: the file is corrupt or truncated "
                             f"(manifest files.data.npz = {expected[:12]}…)", file=dpath)
+        headers = _read_headers(dpath, limit)
         try:
             with np.load(dpath, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in _STEP_ARRAYS + _EPISODE_ARRAYS}
-        except KeyError as exc:
-            raise UserError(f"array {exc.args[0]} is missing", file=dpath) from None
+                arrays = {k: z[k] for k in headers}
         except Exception as exc:  # zipfile/zlib/ValueError on truncated or foreign files
             raise UserError(f"cannot read arrays ({type(exc).__name__}: {exc})", file=dpath) from None
         try:
             ds = cls(**arrays, env=manifest["env"], action_kind=manifest["action_kind"],
                      action_size=int(manifest["action_size"]), seed=manifest.get("seed"),
                      source=manifest.get("source", ""), attrs=manifest.get("attrs", {}))
-        except KeyError as exc:
-            raise UserError(f"field {exc.args[0]} is missing", file=mpath, field=str(exc.args[0])) from None
-        except ValueError as exc:
-            raise UserError(f"inconsistent arrays: {exc}", file=dpath) from None
-        for key in ("n_episodes", "n_transitions"):
-            if key in manifest and manifest[key] != getattr(ds, key):
-                raise UserError(f"{key} is {manifest[key]} but the arrays hold {getattr(ds, key)}",
-                                file=mpath, field=key)
+            problems = ds.content_problems() if verify else []
+        except DatasetProblem as exc:
+            problems = exc.problems
+        _raise_first(problems, mpath, dpath)
+        held = {"n_episodes": ds.n_episodes, "n_transitions": ds.n_transitions, "state_dim": ds.state_dim,
+                "n_success": int(np.sum(ds.success))}
+        for key, value in held.items():
+            if manifest.get(key) is not None and manifest[key] != value:
+                raise UserError(f"{key} is {manifest[key]} but the arrays hold {value}", file=mpath, field=key)
         return ds

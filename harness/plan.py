@@ -94,82 +94,141 @@ def _f(loc: tuple, last: str) -> str:
 
 
 def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
-    s = loaded.suite
-    env_spec = _component(registry, "envs", s.env.name, None, s.env.config, loaded, ("env",))
-    env_cls = registry.get("envs", s.env.name)
-    env_levels = list(env_cls.levels)
-    levels = s.env.levels or env_levels
-    for i, lv in enumerate(levels):
-        if lv not in env_levels:
-            raise loaded.error(("env", "levels", i), f"unknown level {lv!r} for {s.env.name!r}; valid: "
-                               f"{', '.join(env_levels)}")
-    data_level = env_levels[0]
+    """Check a loaded suite against the registry and expand it into stages and runs."""
+    return _Planner(loaded, registry).plan()
 
-    stages: dict[str, Stage] = {}
-    sources = _rollout_sources(registry, loaded)
 
-    def variant_needs_llm(variant: str) -> bool:
+class _Planner:
+    """Builds a plan one section at a time, in the order a reader checks a suite: the env and its levels,
+    the rollout settings, the data, the algorithms, the LLM groundings, the report's rows, then the runs
+    (each with its train and eval stages, and the rollouts it reads)."""
+
+    def __init__(self, loaded: LoadedSuite, registry: Registry):
+        self.loaded, self.registry, self.s = loaded, registry, loaded.suite
+        s = self.s
+        self.env_spec = _component(registry, "envs", s.env.name, None, s.env.config, loaded, ("env",))
+        self.env_cls = registry.get("envs", s.env.name)
+        self.env_levels = list(self.env_cls.levels)
+        self.levels = s.env.levels or self.env_levels
+        for i, lv in enumerate(self.levels):
+            if lv not in self.env_levels:
+                raise loaded.error(("env", "levels", i), f"unknown level {lv!r} for {s.env.name!r}; valid: "
+                                   f"{', '.join(self.env_levels)}")
+        self.data_level = self.env_levels[0]
+        self.stages: dict[str, Stage] = {}
+        self.sources = _rollout_sources(registry, loaded)
+        self.grounding_of: dict[tuple[int, int], str] = {}  # (entry, replication) → grounding key
+        self.llm_suffix: dict[str, str] = {}  # grounding key → label suffix naming the row that changed the LLM
+
+    def plan(self) -> Plan:
+        self.check_rollout_settings()
+        self.replicate = self.replicated_stages()
+        self.dataset_keys = self.datasets()
+        self.encoder_spec = _component(self.registry, "encoders", self.s.encoder.name, None, self.s.encoder.config,
+                                       self.loaded, ("encoder",))
+        self.algo_specs = self.algorithms()
+        self.groundings()
+        self.check_level_references()
+        runs = [run for i, (entry, spec, cls) in enumerate(self.algo_specs) for run in self.runs_of(i, entry, spec, cls)]
+        ordered = dict(sorted(self.stages.items(), key=lambda kv: STAGE_ORDER.index(kv[1].kind)))
+        return Plan(self.loaded, ordered, runs, levels=list(self.levels), data_level=self.data_level,
+                    replicate=[k for k in REPLICABLE if k in self.replicate])
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def variant_needs_llm(self, variant: str) -> bool:
         """The kalm variant's source reads the LLM; any source's rollouts do when the model labels them."""
-        return variant != BASE and (sources[variant][1].needs_llm or s.rollouts.labels == "model")
+        return variant != BASE and (self.sources[variant][1].needs_llm or self.s.rollouts.labels == "model")
 
-    if s.rollouts.realistic and env_cls.realistic_states is api.Environment.realistic_states:
-        raise loaded.error(("rollouts", "realistic"), f"{s.env.name!r} declares no realism check "
-                           "(Environment.realistic_states)")
-    uses_llm = any(registry.get("algorithms", e.name).needs_llm or any(variant_needs_llm(v) for v in e.variants)
-                   for e in s.algorithms if e.name in registry.names("algorithms"))
-    uses_rollouts = any(v != BASE for e in s.algorithms for v in e.variants)
-    replicate = set(s.replicate if s.replicate is not None else
-                    ("policy",) + (("rollouts",) if uses_rollouts else ()) + (("llm",) if uses_llm else ()))
-
-    def stage_seed(what: str, base: int, rep: int) -> int:
+    def stage_seed(self, what: str, base: int, rep: int) -> int:
         """A replicated stage's seed differs per replication; replication 0 keeps the section's own seed."""
-        return base + REPLICATION_STRIDE * rep if what in replicate else base
+        return base + REPLICATION_STRIDE * rep if what in self.replicate else base
 
-    def rep_label(what: str, rep: int) -> str:
-        return f" rep {rep}" if what in replicate else ""
+    def rep_label(self, what: str, rep: int) -> str:
+        return f" rep {rep}" if what in self.replicate else ""
 
-    def add(kind: str, spec: dict[str, Any], deps: dict[str, str], label: str) -> str:
+    def add(self, kind: str, spec: dict[str, Any], deps: dict[str, str], label: str) -> str:
         key = stage_key(kind, spec, deps)
-        stages.setdefault(key, Stage(kind, key, spec, deps, label))
+        self.stages.setdefault(key, Stage(kind, key, spec, deps, label))
         return key
 
-    # -- dataset (one per replication when the data are replicated)
-    dataset_keys: dict[int, str] = {}
-    if s.data.path:
-        path = loaded.resolve(s.data.path)
-        ds_manifest = _dataset_identity(path, loaded)
-        fixed = add("dataset", {"env": env_spec, "path": str(path.resolve()), "content": ds_manifest}, {},
-                    f"{s.env.name} data")
-        dataset_keys = {seed: fixed for seed in s.seed_list}
-    else:
-        for seed in s.seed_list:
-            dataset_keys[seed] = add("dataset", {"env": env_spec, "episodes": s.data.episodes,
-                                                 "seed": stage_seed("data", s.data.seed, seed),
-                                                 "options": s.data.options}, {},
-                                     f"{s.env.name} data{rep_label('data', seed)}")
+    # -- sections --------------------------------------------------------------------------------------
+    def check_rollout_settings(self) -> None:
+        s, loaded = self.s, self.loaded
+        if s.rollouts.realistic and self.env_cls.realistic_states is api.Environment.realistic_states:
+            raise loaded.error(("rollouts", "realistic"), f"{s.env.name!r} declares no realism check "
+                               "(Environment.realistic_states)")
+        self.uses_llm = any(
+            self.registry.get("algorithms", e.name).needs_llm or any(self.variant_needs_llm(v) for v in e.variants)
+            for e in s.algorithms if e.name in self.registry.names("algorithms"))
+        self.uses_rollouts = any(v != BASE for e in s.algorithms for v in e.variants)
+        if self.uses_rollouts:  # an env that cannot give imaginary rollouts is refused here, not in a stage
+            env_obj = self.env_cls(self.env_cls.Config(**self.env_spec["config"]))
+            for lv in (lv for lv in self.levels if lv != self.data_level):
+                try:
+                    env_obj.require_imagination(lv, labels=s.rollouts.labels)
+                except UserError as exc:
+                    loc = tuple(exc.field.split(".")) if exc.field else ("env",)
+                    raise loaded.error(loc, exc.message) from None
 
-    # -- encoder
-    encoder_spec = _component(registry, "encoders", s.encoder.name, None, s.encoder.config, loaded, ("encoder",))
+    def replicated_stages(self) -> set[str]:
+        s = self.s
+        if s.replicate is not None:
+            return set(s.replicate)
+        return set(("policy",) + (("rollouts",) if self.uses_rollouts else ()) + (("llm",) if self.uses_llm else ()))
 
-    # -- algorithms
-    algo_specs = []
-    for i, entry in enumerate(s.algorithms):
-        spec = _component(registry, "algorithms", entry.name, entry.preset, entry.config, loaded, ("algorithms", i))
-        cls = registry.get("algorithms", entry.name)
-        if env_cls.action_kind not in cls.action_kinds:
-            raise loaded.error(("algorithms", i, "name"), f"{entry.name!r} handles {'/'.join(cls.action_kinds)} "
-                               f"actions, but {s.env.name!r} has {env_cls.action_kind} actions")
-        if cls.needs_llm and entry.variants != [BASE]:
-            raise loaded.error(("algorithms", i, "variants"), f"{entry.name!r} acts through the LLM itself; "
-                               "it has no variant with imaginary data")
-        algo_specs.append((entry, spec, cls))
+    def datasets(self) -> dict[int, str]:
+        """One dataset stage, or one per replication when the data are replicated."""
+        s = self.s
+        if s.data.path:
+            path = self.loaded.resolve(s.data.path)
+            ds_manifest = _dataset_identity(path, self.loaded, self.env_cls)
+            fixed = self.add("dataset", {"env": self.env_spec, "path": str(path.resolve()), "content": ds_manifest},
+                             {}, f"{s.env.name} data")
+            return {seed: fixed for seed in s.seed_list}
+        return {seed: self.add("dataset", {"env": self.env_spec, "episodes": s.data.episodes,
+                                           "seed": self.stage_seed("data", s.data.seed, seed),
+                                           "options": s.data.options}, {},
+                               f"{s.env.name} data{self.rep_label('data', seed)}")
+                for seed in s.seed_list}
 
-    # -- LLM grounding: one stage per distinct LLM section (the suite's, or an entry's changes to it)
-    def grounding_for(i: int, entry: Any, seed: int) -> str:
+    def algorithms(self) -> list[tuple[Any, dict[str, Any], type]]:
+        s, out = self.s, []
+        for i, entry in enumerate(s.algorithms):
+            spec = _component(self.registry, "algorithms", entry.name, entry.preset, entry.config, self.loaded,
+                              ("algorithms", i))
+            cls = self.registry.get("algorithms", entry.name)
+            if self.env_cls.action_kind not in cls.action_kinds:
+                raise self.loaded.error(("algorithms", i, "name"), f"{entry.name!r} handles "
+                                        f"{'/'.join(cls.action_kinds)} actions, but {s.env.name!r} has "
+                                        f"{self.env_cls.action_kind} actions")
+            if cls.needs_llm and entry.variants != [BASE]:
+                raise self.loaded.error(("algorithms", i, "variants"), f"{entry.name!r} acts through the LLM "
+                                        "itself; it has no variant with imaginary data")
+            out.append((entry, spec, cls))
+        return out
+
+    def groundings(self) -> None:
+        """One grounding stage per distinct LLM section (the suite's, or an entry's changes to it) and
+        replication, for every entry that reads an LLM."""
+        for i, (entry, _, cls) in enumerate(self.algo_specs):
+            if cls.needs_llm or any(self.variant_needs_llm(v) for v in entry.variants):
+                for seed in self.s.seed_list:
+                    self.grounding_of[(i, seed)] = self.grounding_for(i, entry, seed)
+            elif entry.llm is not None:  # an override nothing reads would silently change nothing
+                raise self.loaded.error(("algorithms", i, "llm"), f"{entry.name!r} with variants "
+                                        f"{list(entry.variants)} uses no LLM; an entry's llm section needs the "
+                                        "kalm variant or an LLM-based algorithm")
+
+    def grounding_for(self, i: int, entry: Any, seed: int) -> str:
+        s, loaded, registry = self.s, self.loaded, self.registry
         loc: tuple = ("llm",) if entry.llm is None else ("algorithms", i, "llm")
         if s.llm is None and (entry.llm is None or not entry.llm.backend):
             raise loaded.error(loc, "required: a KALM variant or an LLM-based algorithm needs an 'llm' section")
-        llm = s.llm if entry.llm is None else entry.llm.apply(s.llm)
+        try:
+            llm = s.llm if entry.llm is None else entry.llm.apply(s.llm)
+        except ValidationError as exc:  # the entry's changes make an invalid llm section
+            err = exc.errors()[0]
+            raise loaded.error(loc + tuple(err["loc"]), err["msg"]) from None
         if len(set(llm.grounding_tasks)) != len(llm.grounding_tasks):
             raise loaded.error(loc + ("grounding_tasks",), "grounding tasks must be unique")
         backend_spec = _component(registry, "llm_backends", llm.backend, llm.preset, llm.config, loaded,
@@ -182,111 +241,118 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                           "plugin_version": registry.plugin_of("grounding_tasks", t).version})
         if not tasks:
             raise loaded.error(loc + ("grounding_tasks",), "at least one grounding task is needed")
-        suffix = ("" if entry.llm is None else f" ({entry.row})") + rep_label("llm", seed)
-        key = add("grounding", {"env": env_spec, "backend": backend_spec, "tasks": tasks,
-                                "seed": stage_seed("llm", llm.seed, seed)},
-                  {"dataset": dataset_keys[seed]}, f"{llm.backend} grounding{suffix}")
-        llm_suffix.setdefault(key, suffix)
+        suffix = ("" if entry.llm is None else f" ({entry.row})") + self.rep_label("llm", seed)
+        key = self.add("grounding", {"env": self.env_spec, "backend": backend_spec, "tasks": tasks,
+                                     "seed": self.stage_seed("llm", llm.seed, seed)},
+                       {"dataset": self.dataset_keys[seed]}, f"{llm.backend} grounding{suffix}")
+        self.llm_suffix.setdefault(key, suffix)
         return key
 
-    grounding_of: dict[tuple[int, int], str] = {}  # (entry, replication) → grounding key
-    llm_suffix: dict[str, str] = {}  # grounding key → label suffix naming the row that changed the LLM
-    for i, (entry, _, cls) in enumerate(algo_specs):
-        if cls.needs_llm or any(variant_needs_llm(v) for v in entry.variants):
-            for seed in s.seed_list:
-                grounding_of[(i, seed)] = grounding_for(i, entry, seed)
-        elif entry.llm is not None:  # an override nothing reads would silently change nothing
-            raise loaded.error(("algorithms", i, "llm"), f"{entry.name!r} with variants {list(entry.variants)} "
-                               "uses no LLM; an entry's llm section needs the kalm variant or an LLM-based "
-                               "algorithm")
-
-    def rollouts_for(level: str, grounding_key: str | None, seed: int, variant: str) -> tuple[str, str]:
+    def rollouts_for(self, level: str, grounding_key: str | None, seed: int, variant: str) -> tuple[str, str]:
+        s, loaded = self.s, self.loaded
         target = s.rollouts.for_level.get(level, level)
-        if target not in env_levels:
+        if target not in self.env_levels:
             raise loaded.error(("rollouts", "for_level", level), f"unknown level {target!r}")
         if target not in s.rollouts.counts:
             raise loaded.error(("rollouts", "counts"), f"KALM runs on level {level!r} need imaginary rollouts of "
                                f"level {target!r}: add rollouts.counts.{target}")
-        rollout_seed = stage_seed("rollouts", s.rollouts.seed, seed)
-        deps = {"dataset": dataset_keys[seed]}
+        rollout_seed = self.stage_seed("rollouts", s.rollouts.seed, seed)
+        deps = {"dataset": self.dataset_keys[seed]}
         label = f"{target} rollouts" + ("" if variant == KALM else f" ({variant})")
-        if variant_needs_llm(variant):
+        if self.variant_needs_llm(variant):
             assert grounding_key is not None
             deps["grounding"] = grounding_key
-            label += llm_suffix[grounding_key]
-            if "rollouts" in replicate and "llm" not in replicate:
-                label += rep_label("rollouts", seed)
+            label += self.llm_suffix[grounding_key]
+            if "rollouts" in self.replicate and "llm" not in self.replicate:
+                label += self.rep_label("rollouts", seed)
         else:
-            label += rep_label("rollouts", seed)
+            label += self.rep_label("rollouts", seed)
         # Same seed, so every source of a replication proposes for the same goals and initial states.
-        key = add("rollouts", {"env": env_spec, "level": target, "count": s.rollouts.counts[target],
-                               "seed": rollout_seed, "labels": s.rollouts.labels, "source": sources[variant][0],
-                               "keep": s.rollouts.keep, "realistic": s.rollouts.realistic},
-                  deps, label)
+        key = self.add("rollouts", {"env": self.env_spec, "level": target, "count": s.rollouts.counts[target],
+                                    "seed": rollout_seed, "labels": s.rollouts.labels,
+                                    "source": self.sources[variant][0], "keep": s.rollouts.keep,
+                                    "realistic": s.rollouts.realistic},
+                       deps, label)
         return target, key
 
-    for lv in s.rollouts.for_level:
-        if lv not in env_levels:
-            raise loaded.error(("rollouts", "for_level", lv), f"unknown level {lv!r}; valid: {', '.join(env_levels)}")
-    for lv in s.rollouts.counts:
-        if lv not in env_levels:
-            raise loaded.error(("rollouts", "counts", lv), f"unknown level {lv!r}; valid: {', '.join(env_levels)}")
-
-    if isinstance(s.eval.episodes, dict):
-        for lv in s.eval.episodes:
+    def check_level_references(self) -> None:
+        """Levels named in rollouts and eval exist, and the report's comparison rows and levels are planned."""
+        s, loaded, env_levels = self.s, self.loaded, self.env_levels
+        for lv in s.rollouts.for_level:
             if lv not in env_levels:
-                raise loaded.error(("eval", "episodes", lv), f"unknown level {lv!r}; valid: {', '.join(env_levels)}")
+                raise loaded.error(("rollouts", "for_level", lv), f"unknown level {lv!r}; valid: {', '.join(env_levels)}")
+        for lv in s.rollouts.counts:
+            if lv not in env_levels:
+                raise loaded.error(("rollouts", "counts", lv), f"unknown level {lv!r}; valid: {', '.join(env_levels)}")
+        if isinstance(s.eval.episodes, dict):
+            for lv in s.eval.episodes:
+                if lv not in env_levels:
+                    raise loaded.error(("eval", "episodes", lv), f"unknown level {lv!r}; valid: {', '.join(env_levels)}")
+        rows = {row_label(e.row, v) for e, _, _ in self.algo_specs for v in e.variants}
+        for i, comp in enumerate(s.report.comparisons):
+            for j, row in enumerate(comp.rows):
+                if row not in rows:
+                    raise loaded.error(("report", "comparisons", i, "rows", j),
+                                       f"no table row {row!r}; rows: {', '.join(sorted(rows))}")
+            for j, lv in enumerate(comp.levels or []):
+                if lv not in self.levels:
+                    raise loaded.error(("report", "comparisons", i, "levels", j),
+                                       f"level {lv!r} is not evaluated; levels: {', '.join(self.levels)}")
 
-    rows = {row_label(e.row, v) for e, _, _ in algo_specs for v in e.variants}
-    for i, comp in enumerate(s.report.comparisons):
-        for j, row in enumerate(comp.rows):
-            if row not in rows:
-                raise loaded.error(("report", "comparisons", i, "rows", j),
-                                   f"no table row {row!r}; rows: {', '.join(sorted(rows))}")
-        for j, lv in enumerate(comp.levels or []):
-            if lv not in levels:
-                raise loaded.error(("report", "comparisons", i, "levels", j),
-                                   f"level {lv!r} is not evaluated; levels: {', '.join(levels)}")
-
-    runs: list[Run] = []
-    for i, (entry, algo_spec, cls) in enumerate(algo_specs):
+    def training_budget(self, i: int, entry: Any, cls: type) -> dict[str, int]:
+        s = self.s
         tr = entry.train.model_dump(exclude_none=True) if entry.train else {}
-        train_common = {"steps": tr.get("steps", s.train.steps),
-                        "checkpoint_every": tr.get("checkpoint_every", s.train.checkpoint_every)}
+        budget = {"steps": tr.get("steps", s.train.steps),
+                  "checkpoint_every": tr.get("checkpoint_every", s.train.checkpoint_every)}
         if not cls.trains:
-            train_common = {"steps": 0, "checkpoint_every": 0}
+            return {"steps": 0, "checkpoint_every": 0}
+        if ("eval", "last_k") in self.loaded.sources:  # written: honoured or refused (the default adapts)
+            steps, every = budget["steps"], budget["checkpoint_every"]
+            saved = -(-steps // every)  # a checkpoint every checkpoint_every steps and at the last step
+            if s.eval.last_k > saved:
+                raise self.loaded.error(("eval", "last_k"), f"last_k is {s.eval.last_k}, but {entry.row!r} "
+                                        f"(algorithms[{i}]) saves only {saved} checkpoint(s) (train.steps {steps}, "
+                                        f"checkpoint_every {every}); lower eval.last_k or save more checkpoints")
+        return budget
+
+    def runs_of(self, i: int, entry: Any, algo_spec: dict[str, Any], cls: type) -> list[Run]:
+        """Every (variant, seed, level) run of one algorithm entry, adding its train and eval stages."""
+        s = self.s
+        train_common = self.training_budget(i, entry, cls)
+        tr = entry.train.model_dump(exclude_none=True) if entry.train else {}
         imaginary_fraction = tr.get("imaginary_fraction", s.train.imaginary_fraction)
+        runs = []
         for variant in entry.variants:
             for seed in s.seed_list:
                 base_train = None
-                grounding_key = grounding_of.get((i, seed))
-                dataset_key = dataset_keys[seed]
-                for level in levels:
+                grounding_key = self.grounding_of.get((i, seed))
+                dataset_key = self.dataset_keys[seed]
+                for level in self.levels:
                     deps = {"dataset": dataset_key}
                     imag_level = None
                     if cls.needs_llm:
                         deps["grounding"] = grounding_key  # type: ignore[assignment]
                     if variant != BASE:
-                        imag_level, rkey = rollouts_for(level, grounding_key, seed, variant)
+                        imag_level, rkey = self.rollouts_for(level, grounding_key, seed, variant)
                         deps["rollouts"] = rkey
-                        if variant_needs_llm(variant):
+                        if self.variant_needs_llm(variant):
                             deps["grounding"] = grounding_key  # type: ignore[assignment]
-                    train_spec = {"env": env_spec, "algorithm": algo_spec, "encoder": encoder_spec, "seed": seed,
-                                  **train_common,
+                    train_spec = {"env": self.env_spec, "algorithm": algo_spec, "encoder": self.encoder_spec,
+                                  "seed": seed, **train_common,
                                   "imaginary_fraction": imaginary_fraction if variant != BASE else 0.0}
                     if variant == BASE and base_train is not None:
                         train_key = base_train
                     else:
-                        train_key = add("train", train_spec, deps, f"{row_label(entry.row, variant)}"
-                                        f"{f' ({imag_level})' if imag_level else ''} seed {seed}")
+                        train_key = self.add("train", train_spec, deps, f"{row_label(entry.row, variant)}"
+                                             f"{f' ({imag_level})' if imag_level else ''} seed {seed}")
                         if variant == BASE:
                             base_train = train_key
                     n_eval = s.eval.episodes.get(level) if isinstance(s.eval.episodes, dict) else s.eval.episodes
-                    eval_key = add("eval", {"env": env_spec, "level": level, "episodes": n_eval, "seed": s.eval.seed,
-                                            "batch_size": s.eval.batch_size, "algorithm": algo_spec,
-                                            "encoder": encoder_spec,
-                                            "checkpoints": "all" if s.eval.curve else s.eval.last_k},
-                                   {"train": train_key}, f"eval {row_label(entry.row, variant)} {level} seed {seed}")
+                    eval_key = self.add("eval", {"env": self.env_spec, "level": level, "episodes": n_eval,
+                                                 "seed": s.eval.seed, "batch_size": s.eval.batch_size,
+                                                 "algorithm": algo_spec, "encoder": self.encoder_spec,
+                                                 "checkpoints": "all" if s.eval.curve else s.eval.last_k},
+                                        {"train": train_key}, f"eval {row_label(entry.row, variant)} {level} seed {seed}")
                     run_stages = {"dataset": dataset_key, "train": train_key, "eval": eval_key}
                     if "grounding" in deps:
                         run_stages["grounding"] = grounding_key  # type: ignore[assignment]
@@ -297,9 +363,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry) -> Plan:
                     runs.append(Run(run_id=run_id, env=s.env.name, level=level, row=entry.row,
                                     algorithm=entry.name, variant=variant, seed=seed, imaginary_level=imag_level,
                                     stages=run_stages))
-    ordered = dict(sorted(stages.items(), key=lambda kv: STAGE_ORDER.index(kv[1].kind)))
-    return Plan(loaded, ordered, runs, levels=list(levels), data_level=data_level,
-                replicate=[k for k in REPLICABLE if k in replicate])
+        return runs
 
 
 def _rollout_sources(registry: Registry, loaded: LoadedSuite) -> dict[str, tuple[dict[str, Any], type]]:
@@ -325,15 +389,11 @@ def _rollout_sources(registry: Registry, loaded: LoadedSuite) -> dict[str, tuple
     return out
 
 
-def _dataset_identity(path: Any, loaded: LoadedSuite) -> dict[str, Any]:
-    """What identifies an existing dataset directory: its manifest's checksums and counts."""
-    import json
-
-    mpath = path / "manifest.json"
-    if not mpath.is_file():
-        raise loaded.error(("data", "path"), f"{mpath} does not exist (expected a kalm-bench dataset directory)")
-    try:
-        m = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"corrupt manifest ({exc.msg})", file=mpath) from None
+def _dataset_identity(path: Any, loaded: LoadedSuite, env_cls: type) -> dict[str, Any]:
+    """What identifies an existing dataset directory (its manifest's checksums and counts), after the checks
+    that need no array loaded: the manifest, the suite's env (name, action kind) and the array headers."""
+    if not (path / "manifest.json").is_file():
+        raise loaded.error(("data", "path"), f"{path / 'manifest.json'} does not exist (expected a kalm-bench "
+                           "dataset directory)")
+    m = api.TrajectoryDataset.inspect(path, env=env_cls)
     return {k: m.get(k) for k in ("files", "n_episodes", "n_transitions", "format_version")}

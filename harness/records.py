@@ -13,12 +13,87 @@ import json
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from .cache import atomic_write_text
+import numpy as np
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError, model_validator
+
+from .cache import ArtifactStore, DamagedEntry, atomic_write_text
 from .errors import UserError
+from .suite import KALM
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plan import Plan, Run
 
 SCHEMA_VERSION = 1
+
+
+def build_record(plan: Plan, run: Run, store: ArtifactStore, error: str | None,
+                 provenance: dict[str, Any]) -> dict[str, Any]:
+    """The record of one finished (or failed) run: what ran (suite, env, level, algorithm row and config,
+    variant, LLM, encoder, every stage's key and seed), what came out (success over the scored checkpoints,
+    the curve, returns, lengths, rollout statistics, LLM diagnostics, stage wall times) and ``provenance``
+    (git SHA, versions, machine, times). ``error`` (one line) marks it failed."""
+    s = plan.loaded.suite
+    entry = next(a for a in s.algorithms if a.row == run.row)
+    algo_spec = plan.stages[run.stages["train"]].spec["algorithm"]
+    train_spec = plan.stages[run.stages["train"]].spec
+    gspec = plan.stages[run.stages["grounding"]].spec if "grounding" in run.stages else None
+    rec: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "run_id": run.run_id, "suite": s.suite, "suite_version": s.version,
+        "env": run.env, "level": run.level, "algorithm": run.row, "algorithm_name": run.algorithm,
+        "algorithm_config": {"type": algo_spec["name"], "params": algo_spec["config"]},
+        "algorithm_version": algo_spec["version"], "reference_name": entry.reference or run.row,
+        "row_index": [a.row for a in s.algorithms].index(run.row), "levels": plan.levels,
+        "data_level": plan.data_level,
+        "variant": run.variant, "kalm": run.variant == KALM, "imaginary_level": run.imaginary_level,
+        "seed": run.seed, "eval_seed": s.eval.seed, "replicate": list(plan.replicate),
+        "stage_seeds": {kind: plan.stages[key].spec.get("seed") for kind, key in run.stages.items()},
+        "train_steps": train_spec["steps"],
+        "encoder": train_spec["encoder"]["name"], "data_keys": dict(run.stages),
+        "llm_backend": gspec["backend"]["name"] if gspec else None,
+        "llm_config": gspec["backend"]["config"] if gspec else None,
+        "llm_tasks": [t["name"] for t in gspec["tasks"]] if gspec else None,
+        "status": "ok" if error is None else "failed", "error": error,
+        **provenance,
+    }
+    timings = {}
+    for kind, key in run.stages.items():
+        if store.done(kind, key):
+            try:
+                m = store.manifest(kind, key)
+            except DamagedEntry as exc:
+                if error is None:
+                    rec.update(status="failed", error=str(exc))
+                continue
+            timings[kind] = m.get("wall_s")
+            if kind == "train":
+                rec["train_log"] = m.get("train_log", [])
+            if kind == "grounding":
+                rec["llm_diagnostics"] = m.get("diagnostics", {})
+            if kind == "rollouts":
+                rec["rollouts"] = {k: m.get(k) for k in ("n_episodes", "n_transitions", "n_proposed",
+                                                         "goal_match_rate", "realistic_rate",
+                                                         "realistic_goal_match_rate", "keep", "realistic",
+                                                         "attrs")}
+                rec["rollout_source"] = plan.stages[key].spec["source"]["name"]
+            if kind == "eval":
+                curve = m["curve"]
+                k = min(s.eval.last_k, len(curve))
+                last = [c["success_rate"] for c in curve[-k:]]
+                rec.update({
+                    "curve": curve, "n_eval_episodes": m["n_cases"],
+                    "success_rate": float(np.mean(last)), "success_rate_last": curve[-1]["success_rate"],
+                    "success_rate_best": max(c["success_rate"] for c in curve),
+                    "return_mean": float(np.mean([c["return_mean"] for c in curve[-k:]])),
+                    "length_mean": float(np.mean([c["length_mean"] for c in curve[-k:]])),
+                    "last_k": k,
+                })
+    rec["timings_s"] = timings
+    rec["wall_s"] = float(sum(v for v in timings.values() if v))
+    if rec["error"] is None and "success_rate" not in rec:
+        rec.update(status="failed", error="evaluation artifact missing")
+    return rec
 
 
 def record_path(results: Path, run_id: str) -> Path:
@@ -31,14 +106,63 @@ def write_record(results: Path, record: dict[str, Any]) -> Path:
     return path
 
 
+class CurvePoint(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    step: StrictInt
+    success_rate: float
+    return_mean: float | None = None
+    length_mean: float | None = None
+
+
+class Record(BaseModel):
+    """The fields of a run record that tables, plots and exports read, with their types. A record may hold
+    more (configs, diagnostics, provenance); those are kept as written."""
+
+    model_config = ConfigDict(extra="allow")
+    run_id: StrictStr
+    suite: StrictStr
+    env: StrictStr
+    level: StrictStr
+    algorithm: StrictStr
+    variant: StrictStr | None = None
+    seed: StrictInt
+    status: Literal["ok", "failed"]
+    error: StrictStr | None = None
+    success_rate: float | None = None
+    curve: list[CurvePoint] | None = None
+    last_k: StrictInt | None = None
+    levels: list[StrictStr] | None = None
+    data_keys: dict[str, StrictStr] = {}
+
+    @model_validator(mode="after")
+    def _ok_has_a_result(self) -> Record:
+        if self.status == "ok" and self.success_rate is None:
+            raise ValueError("status is ok but success_rate is missing")
+        return self
+
+
+def check_record(rec: Any, path: Path | str, line: int | None = None) -> dict[str, Any]:
+    """``rec`` if it is a well-formed record, else a one-line :class:`UserError` naming the file and field."""
+    where = f"{path}" + (f" (line {line})" if line else "")
+    if not isinstance(rec, dict):
+        raise UserError(f"not a kalm-bench run record (a JSON {type(rec).__name__}, not an object)", file=where)
+    try:
+        Record.model_validate(rec)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        raise UserError(f"not a valid run record: {err['msg']}", file=where, field=field) from None
+    return rec
+
+
 def read_record(path: Path) -> dict[str, Any]:
     try:
         rec = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"corrupt record ({exc.msg} at line {exc.lineno})", file=path) from None
-    if not isinstance(rec, dict) or "run_id" not in rec:
-        raise UserError("not a kalm-bench run record (no run_id)", file=path, field="run_id")
-    return rec
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"cannot read the record ({type(exc).__name__})", file=path) from None
+    return check_record(rec, path)
 
 
 def load_records(source: str | Path, current_only: bool = True) -> list[dict[str, Any]]:
@@ -50,9 +174,10 @@ def load_records(source: str | Path, current_only: bool = True) -> list[dict[str
             for n, line in enumerate(source.read_text().splitlines(), 1):
                 if line.strip():
                     try:
-                        out.append(json.loads(line))
+                        rec = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise UserError(f"corrupt JSON on line {n} ({exc.msg})", file=source) from None
+                    out.append(check_record(rec, source, n))
             return out
         return [read_record(source)]
     if not source.is_dir():
@@ -108,4 +233,16 @@ def machine() -> dict[str, Any]:
     import os
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count()}
+            "cpu_model": _cpu_model(), "cpus": os.cpu_count()}
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux): float results of the same seed differ between CPU models."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None

@@ -8,8 +8,9 @@ success_mean_pct, std_pct``) adds a "paper" column beside each level.
 from __future__ import annotations
 
 import json
-
+import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,11 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .api import ResultTable
 from .errors import UserError
 from .suite import BASE, KALM, row_label
+
+log = logging.getLogger(__name__)
 
 NOVEL = "novel mean"
 REFERENCE_COLUMNS = ("env", "level", "algorithm", "kalm", "success_mean_pct", "std_pct")
@@ -67,17 +71,35 @@ def _groups(records: list[dict[str, Any]]) -> OrderedDict[tuple[str, str], dict[
     return out
 
 
-def _cell(values: list[float], stat: str, reps: int) -> str:
-    """The cell of one row and level; n is always shown, and n = 1 gets no spread or interval."""
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.1f} (1)"
-    if stat == "iqm_ci":
-        point, lo, hi = stats.stratified_bootstrap_ci(np.array(values)[:, None], reps=reps)
-        return f"{point:.1f} [{lo:.1f}, {hi:.1f}] ({len(values)})"
+def _summary(values: list[float], stat: str, reps: int) -> dict[str, float]:
+    """The numbers behind one cell: n, mean, std and a Student-t 95 % interval of the mean (n ≥ 2), and with
+    ``iqm_ci`` the IQM and its stratified-bootstrap 95 % interval."""
+    nan = float("nan")
     m, sd, n = stats.mean_std(values)
-    return f"{m:.1f} ± {sd:.1f} ({n})"
+    out = {"n": n, "mean": m, "std": sd if n > 1 else nan, "ci_low": nan, "ci_high": nan}
+    if n > 1:
+        lo, hi = stats.t_interval(values)
+        out.update(ci_low=lo, ci_high=hi)
+    if stat == "iqm_ci":
+        out.update(iqm=nan, iqm_ci_low=nan, iqm_ci_high=nan)
+        if n:
+            point, lo, hi = stats.stratified_bootstrap_ci(np.array(values)[:, None], reps=reps)
+            out.update(iqm=point, **({"iqm_ci_low": lo, "iqm_ci_high": hi} if n > 1 else {}))
+    return out
+
+
+def _format(s: dict[str, float], stat: str) -> str:
+    """The cell of one row and level; n is always shown, and n = 1 gets no spread or interval."""
+    n = int(s["n"])
+    if n == 0:
+        return "–"
+    if stat == "iqm_ci":
+        return f"{s['iqm']:.1f} (1)" if n == 1 else f"{s['iqm']:.1f} [{s['iqm_ci_low']:.1f}, {s['iqm_ci_high']:.1f}] ({n})"
+    return f"{s['mean']:.1f} (1)" if n == 1 else f"{s['mean']:.1f} ± {s['std']:.1f} ({n})"
+
+
+def _cell(values: list[float], stat: str, reps: int) -> str:
+    return _format(_summary(values, stat, reps), stat)
 
 
 def _novel_matrix(per_level: dict[str, dict[int, float]], novel: list[str]) -> np.ndarray:
@@ -86,57 +108,75 @@ def _novel_matrix(per_level: dict[str, dict[int, float]], novel: list[str]) -> n
     return np.array([[per_level[lv][s] for lv in novel] for s in seeds]) if seeds else np.zeros((0, len(novel)))
 
 
-def build_table(records: list[dict[str, Any]], stat: str = "mean_std", reference: pd.DataFrame | None = None,
-                reference_env: str | None = None, reps: int = 2000) -> pd.DataFrame:
+def success_tables(records: list[dict[str, Any]], stat: str = "mean_std", reference: pd.DataFrame | None = None,
+                   reference_env: str | None = None, reps: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The success-rate table (rows = algorithm ± variant, columns = levels, the novel mean and the paper's
+    numbers), as display cells and as tidy rows (one per row and level)."""
     if stat not in ("mean_std", "iqm_ci"):
         raise UserError(f"unknown statistic {stat!r}; valid: mean_std, iqm_ci", field="--stat")
     levels, data_level = _levels(records)
     novel = [lv for lv in levels if lv != (data_level or levels[0])] if levels else []
     groups = _groups(records)
     refname = {(r["algorithm"], variant_of(r)): r.get("reference_name") or r["algorithm"] for r in records}
-    rows = []
+    rows, tidy = [], []
     for (algo, variant), per_level in groups.items():
-        row: dict[str, str] = {"algorithm": row_label(algo, variant)}
+        label = row_label(algo, variant)
+        row: dict[str, str] = {"algorithm": label}
         ref_means = {}
         for lv in levels:
-            row[lv] = _cell(list(per_level.get(lv, {}).values()), stat, reps)
+            summary = _summary(list(per_level.get(lv, {}).values()), stat, reps)
+            row[lv] = _format(summary, stat)
+            paper: tuple[str, float | None, float | None] = ("–", None, None)
             if reference is not None:
                 # The paper has base and KALM rows only; a control row has no published number.
-                ref = (_reference_cell(reference, reference_env, lv, refname[(algo, variant)], variant == KALM)
-                       if variant in (BASE, KALM) else ("–", None))
-                row[f"{lv} (paper)"] = ref[0]
-                ref_means[lv] = ref[1]
+                if variant in (BASE, KALM):
+                    paper = _reference_cell(reference, reference_env, lv, refname[(algo, variant)], variant == KALM)
+                row[f"{lv} (paper)"] = paper[0]
+                ref_means[lv] = paper[1]
+            tidy.append({"row": label, "algorithm": algo, "variant": variant, "level": lv, **summary,
+                         "paper_mean": paper[1], "paper_std": paper[2]})
         if len(novel) > 1:
             mat = _novel_matrix(per_level, novel)
+            summary = _summary(list(mat.mean(axis=1)) if len(mat) else [], "mean_std", reps)
             if stat == "iqm_ci" and len(mat) > 1:
                 point, lo, hi = stats.stratified_bootstrap_ci(mat, reps=reps)
+                summary.update(iqm=point, iqm_ci_low=lo, iqm_ci_high=hi)
                 row[NOVEL] = f"{point:.1f} [{lo:.1f}, {hi:.1f}] ({len(mat)})"
             else:
-                row[NOVEL] = _cell(list(mat.mean(axis=1)) if len(mat) else [], "mean_std", reps)
+                row[NOVEL] = _format(summary, "mean_std")
+            paper_novel = None
             if reference is not None:
                 vals = [ref_means.get(lv) for lv in novel]
-                row[f"{NOVEL} (paper)"] = f"{np.mean(vals):.1f}" if all(v is not None for v in vals) else "–"
+                paper_novel = float(np.mean(vals)) if all(v is not None for v in vals) else None
+                row[f"{NOVEL} (paper)"] = f"{paper_novel:.1f}" if paper_novel is not None else "–"
+            tidy.append({"row": label, "algorithm": algo, "variant": variant, "level": NOVEL, **summary,
+                         "paper_mean": paper_novel, "paper_std": None})
         rows.append(row)
     if not rows:
         raise UserError("no successful runs to report")
-    return pd.DataFrame(rows).set_index("algorithm")
+    return pd.DataFrame(rows).set_index("algorithm"), pd.DataFrame(tidy)
+
+
+def build_table(records: list[dict[str, Any]], stat: str = "mean_std", reference: pd.DataFrame | None = None,
+                reference_env: str | None = None, reps: int = 2000) -> pd.DataFrame:
+    return success_tables(records, stat, reference, reference_env, reps)[0]
 
 
 def _reference_cell(ref: pd.DataFrame, env: str | None, level: str, algorithm: str,
-                    kalm: bool) -> tuple[str, float | None]:
+                    kalm: bool) -> tuple[str, float | None, float | None]:
     sel = ref[(ref["level"] == level) & (ref["algorithm"] == algorithm)]
     if env:
         sel = sel[sel["env"] == env]
     flag = sel["kalm"]
     sel = sel[(flag == ("yes" if kalm else "no")) | ((flag == "") & (not kalm))]
     if sel.empty:
-        return "–", None
+        return "–", None, None
     m = float(sel["success_mean_pct"].iloc[0])
     sd = sel["std_pct"].iloc[0]
-    return (f"{m:.1f} ± {float(sd):.1f}" if pd.notna(sd) else f"{m:.1f}"), m
+    return (f"{m:.1f} ± {float(sd):.1f}" if pd.notna(sd) else f"{m:.1f}"), m, (float(sd) if pd.notna(sd) else None)
 
 
-def build_gain_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
+def gain_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Paired differences of success (points) per level and over the novel levels: each variant with imaginary
     data against the base run of its replication (``BC +KALM − BC``, ``BC +random − BC``), and KALM against
     each control (``BC +KALM − BC +random``: what the LLM adds beyond the control's rollouts). A cell is the
@@ -156,7 +196,7 @@ def build_gain_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
         comparisons += [((algo, v), (algo, BASE)) for v in variants if v != BASE and BASE in variants]
         if KALM in variants:
             comparisons += [((algo, KALM), (algo, v)) for v in variants if v not in (BASE, KALM)]
-    rows = []
+    rows, tidy = [], []
     for mine, other in comparisons:
         per_level = groups[mine]
         row = {"difference": f"{row_label(*mine)} − {row_label(*other)}"}
@@ -166,11 +206,18 @@ def build_gain_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
         for col, a_vals, b_vals in columns:
             d, lo, hi, n = stats.paired_t_ci(a_vals, b_vals)
             row[col] = "–" if n == 0 else f"{d:+.1f} (1)" if n == 1 else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] ({n})"
+            tidy.append({"difference": row["difference"], "treated": row_label(*mine), "control": row_label(*other),
+                         "level": col, "n": n, "mean": d, "ci_low": lo, "ci_high": hi})
         rows.append(row)
-    return pd.DataFrame(rows).set_index("difference") if rows else None
+    return (pd.DataFrame(rows).set_index("difference"), pd.DataFrame(tidy)) if rows else None
 
 
-def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
+def build_gain_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
+    tables = gain_tables(records)
+    return tables[0] if tables else None
+
+
+def diagnostics_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """LLM diagnostics and rollout goal-match rates per level: one column per LLM setting (backend, config,
     grounding tasks), each cell ``mean ± std (n)`` over that setting's groundings (one per replication when
     the suite re-grounds the LLM per seed; a single grounding shows its value alone)."""
@@ -194,6 +241,7 @@ def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | Non
     if not values:
         return None
     columns: dict[str, dict[str, str]] = OrderedDict()
+    tidy = []
     for setting, groundings in values.items():
         names = list(OrderedDict.fromkeys(k for m in groundings.values() for k in m))
         col = columns.setdefault(setting, {})
@@ -201,16 +249,25 @@ def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | Non
             got = [m[name] for m in groundings.values() if name in m]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in got):
                 # NaN is a figure a grounding could not compute (e.g. recall with no positive): left out.
-                col[name] = _cell([float(v) for v in got if not np.isnan(v)], "mean_std", 0)
+                summary = _summary([float(v) for v in got if not np.isnan(v)], "mean_std", 0)
+                col[name] = _format(summary, "mean_std")
+                tidy.append({"setting": setting, "metric": name, **summary, "value": None})
             else:
                 col[name] = ", ".join(sorted({str(v) for v in got}))
+                tidy.append({"setting": setting, "metric": name, "n": len(got), "value": col[name]})
     # One row per metric: there are many metrics and few models.
     table = pd.DataFrame(columns).fillna("–")
     table.index.name = "metric"
-    return table.sort_index()
+    tidy_df = pd.DataFrame(tidy, columns=["setting", "metric", "n", "mean", "std", "ci_low", "ci_high", "value"])
+    return table.sort_index(), tidy_df.sort_values(["setting", "metric"], kind="stable").reset_index(drop=True)
 
 
-def build_rollouts_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
+def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
+    tables = diagnostics_tables(records)
+    return tables[0] if tables else None
+
+
+def rollouts_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The imaginary data per source and level, over its replications (``mean ± std (n)``): rollouts proposed,
     goal match (labelled successful), realistic (every state passes the env's realism check), realistic goal
     match (both), and the episodes kept by the suite's filters."""
@@ -233,18 +290,27 @@ def build_rollouts_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
         return None
     levels, _ = _levels(records)
     order = {lv: i for i, lv in enumerate(levels)}
-    rows = []
+    rows, tidy = [], []
     first = {src: i for i, src in enumerate(OrderedDict.fromkeys(src for src, _ in per))}
     for (source, level), by_key in sorted(per.items(), key=lambda kv: (first[kv[0][0]], order.get(kv[0][1], 99))):
         row = {"source": source, "level": level}
         for name in ("proposed", "goal match %", "realistic %", "realistic goal match %", "kept"):
             vals = [f[name] for f in by_key.values() if name in f]
+            summary = _summary(vals, "mean_std", 0)
             if name in ("proposed", "kept") and vals and len(set(vals)) == 1:
                 row[name] = f"{vals[0]:.0f} ({len(vals)})"  # a count that every replication shares
             else:
-                row[name] = _cell(vals, "mean_std", 0) if vals else "–"
+                row[name] = _format(summary, "mean_std")
+            if vals:
+                tidy.append({"source": source, "level": level, "metric": name, **summary})
         rows.append(row)
-    return pd.DataFrame(rows).set_index("source")
+    return pd.DataFrame(rows).set_index("source"), pd.DataFrame(
+        tidy, columns=["source", "level", "metric", "n", "mean", "std", "ci_low", "ci_high"])
+
+
+def build_rollouts_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
+    tables = rollouts_tables(records)
+    return tables[0] if tables else None
 
 
 def _short_hash(text: str) -> str:
@@ -261,18 +327,20 @@ def build_comparison_table(table: pd.DataFrame, rows: list[str], levels: list[st
     return out
 
 
-def build_timing_table(timings: dict[str, Any]) -> pd.DataFrame | None:
+def timing_tables(timings: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Wall time per stage kind from a results directory's ``timings.json``: every stage the results use, with
     the time its build took, whichever invocation built it."""
     stages = [s for s in timings.get("stages", []) if s.get("wall_s") is not None]
     if not stages:
         return None
-    rows = []
+    rows, tidy = [], []
     for kind in ("dataset", "grounding", "rollouts", "train", "eval"):
         walls = [float(s["wall_s"]) for s in stages if s["kind"] == kind]
         if walls:
             rows.append({"stage": kind, "n": str(len(walls)), "total (min)": f"{sum(walls) / 60:.1f}",
                          "mean (s)": f"{np.mean(walls):.1f}", "max (s)": f"{max(walls):.1f}"})
+            tidy.append({"stage": kind, "n": len(walls), "total_s": sum(walls), "mean_s": float(np.mean(walls)),
+                         "max_s": max(walls)})
     invocations = timings.get("invocations", [])
     if invocations:
         total = sum(float(i.get("wall_s", 0.0)) for i in invocations)
@@ -280,7 +348,14 @@ def build_timing_table(timings: dict[str, Any]) -> pd.DataFrame | None:
         rows.append({"stage": "suite (wall clock)",
                      "n": f"{len(invocations)} invocation(s)" + (f", {stopped} stopped early" if stopped else ""),
                      "total (min)": f"{total / 60:.1f}", "mean (s)": "–", "max (s)": "–"})
-    return pd.DataFrame(rows).set_index("stage")
+        tidy.append({"stage": "suite (wall clock)", "n": len(invocations), "total_s": total, "mean_s": None,
+                     "max_s": None})
+    return pd.DataFrame(rows).set_index("stage"), pd.DataFrame(tidy)
+
+
+def build_timing_table(timings: dict[str, Any]) -> pd.DataFrame | None:
+    tables = timing_tables(timings)
+    return tables[0] if tables else None
 
 
 def provenance_lines(records: list[dict[str, Any]], timings: dict[str, Any] | None) -> list[str]:
@@ -300,7 +375,7 @@ def provenance_lines(records: list[dict[str, Any]], timings: dict[str, Any] | No
                                           for k in libs))
     machines = {json.dumps(r.get("machine"), sort_keys=True) for r in ok}
     lines.append("- machine: " + " | ".join(
-        f"{m.get('platform', '?')}, {m.get('processor', '?')}, {m.get('cpus', '?')} CPUs"
+        f"{m.get('platform', '?')}, {m.get('cpu_model') or m.get('processor', '?')}, {m.get('cpus', '?')} CPUs"
         for m in (json.loads(x) or {} for x in sorted(machines))))
     lines.append(f"- runs finished: {min(r.get('finished_at', '') for r in ok)} to "
                  f"{max(r.get('finished_at', '') for r in ok)}")
@@ -311,3 +386,110 @@ def provenance_lines(records: list[dict[str, Any]], timings: dict[str, Any] | No
         lines.append(f"- suite wall time: {total / 60:.1f} min over {len(inv)} invocation(s) (--jobs {jobs})")
     return lines
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A results directory → its report
+
+
+@dataclass
+class Report:
+    tables: list[ResultTable]
+    footer: str
+    """How to read the cells, and the provenance (Markdown)."""
+
+
+def _plan_config(results: Path) -> tuple[dict[str, Any], Path | None]:
+    """The suite's ``report`` section and the suite file, from a results directory's ``plan.json``."""
+    plan_file = results / "plan.json" if results.is_dir() else None
+    if not (plan_file and plan_file.is_file()):
+        return {}, None
+    try:
+        plan = json.loads(plan_file.read_text())
+        cfg = plan.get("config", {}).get("report", {}) or {}
+        # Written relative to the results directory (older results hold an absolute path, which `/` keeps).
+        return cfg, results / plan.get("suite_file", ".")
+    except (json.JSONDecodeError, AttributeError, TypeError, UnicodeDecodeError) as exc:
+        raise UserError(f"not a plan file ({exc})", file=plan_file) from None
+
+
+def reference_for(results: Path, reference: str | None = None,
+                  reference_env: str | None = None) -> tuple[pd.DataFrame | None, str | None]:
+    """The published numbers to show beside a results directory's: ``reference`` when given (an error if it
+    cannot be read), else the copy the run saved, else the suite's ``report.reference`` (a warning, and no
+    paper columns, if that file has gone)."""
+    cfg, suite_file = _plan_config(results)
+    if reference is not None:
+        return load_reference(reference), reference_env or cfg.get("reference_env")
+    copy = results / "reference.csv" if results.is_dir() else None
+    path = None
+    if copy is not None and copy.is_file():
+        path = copy  # the copy the run saved: the suite file may be elsewhere or gone
+    elif cfg.get("reference"):
+        path = Path(cfg["reference"])
+        if not path.is_absolute() and suite_file is not None:
+            path = suite_file.parent / path
+        if not path.is_file():
+            log.warning("%s: reference CSV not found; the tables are written without the paper's numbers", path)
+            return None, None
+    if path is None:
+        return None, None
+    return load_reference(path), reference_env or cfg.get("reference_env")
+
+
+def build_report(results: Path, stat: str | None = None, reference: str | None = None,
+                 reference_env: str | None = None, title: str | None = None) -> Report:
+    """Every table of a results directory (or records file): success, gains, the suite's comparisons,
+    imaginary rollouts, LLM diagnostics and wall time, with the footer that says how to read them."""
+    from .records import load_records
+
+    records = load_records(results)
+    cfg, _ = _plan_config(results)
+    stat = stat or cfg.get("stat", "mean_std")
+    ref_df, ref_env = reference_for(results, reference, reference_env)
+    reps = int(cfg.get("reps", 2000))
+    ok = [r for r in records if r.get("status") == "ok"]
+    failed = [r for r in records if r.get("status") != "ok"]
+    suite_name = records[0]["suite"] if records else "results"
+    display, tidy = success_tables(records, stat=stat, reference=ref_df, reference_env=ref_env, reps=reps)
+    tables = [ResultTable("success", title or f"{suite_name}: success rate (%)", display, tidy)]
+    gains = gain_tables(records)
+    if gains is not None:
+        tables.append(ResultTable("gains", "Gains (points): mean of the differences paired by replication "
+                                           "[95% Student-t CI] (n pairs); KALM − control is what the LLM adds "
+                                           "beyond the control's rollouts", *gains))
+    for i, comp in enumerate(cfg.get("comparisons", []) or [], 1):
+        rows, levels = comp["rows"], comp.get("levels")
+        sub = tidy[tidy["row"].isin(rows) & (tidy["level"].isin(levels) if levels else True)]
+        tables.append(ResultTable(f"comparison-{i}", comp["title"], build_comparison_table(display, rows, levels),
+                                  sub.reset_index(drop=True)))
+    imaginary = rollouts_tables(records)
+    if imaginary is not None:
+        tables.append(ResultTable("rollouts", "Imaginary rollouts per source and level (mean ± std (n "
+                                              "replications))", *imaginary))
+    diag = diagnostics_tables(records)
+    if diag is not None:
+        tables.append(ResultTable("diagnostics", "LLM diagnostics (%)", *diag))
+    timings_file = results / "timings.json" if results.is_dir() else None
+    timings = None
+    if timings_file is not None and timings_file.is_file():
+        try:
+            timings = json.loads(timings_file.read_text())
+            timing = timing_tables(timings)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"corrupt timings file ({exc})", file=timings_file) from None
+        if timing is not None:
+            tables.append(ResultTable("timing", "Wall time per stage (each stage's build time, also for stages an "
+                                                "earlier invocation built into the cache)", *timing, result=False))
+    cell = "mean ± std (n seeds)" if stat == "mean_std" else "IQM [95% stratified-bootstrap CI] (n seeds)"
+    ks = sorted({int(r["last_k"]) for r in ok if r.get("last_k") is not None}, reverse=True)
+    untrained = sorted({r["algorithm"] for r in ok if len(ks) > 1 and r.get("last_k") == ks[-1]})
+    window = (f"{ks[0]} checkpoints" + (f" ({ks[-1]} for {', '.join(untrained)})" if len(ks) > 1 else "")
+              if ks else "? checkpoints")
+    footer = (f"{len(ok)} runs ok, {len(failed)} failed. Cells: {cell} of the per-seed success rate, each the mean "
+              f"over the last {window}; a cell of one seed shows its value alone. Each seed is a replication: it "
+              f"re-runs the stages {', '.join(ok[0].get('replicate') or ['policy']) if ok else 'policy'}.\n")
+    prov = provenance_lines(records, timings)
+    if prov:
+        footer += "\nProvenance:\n\n" + "\n".join(prov) + "\n"
+    return Report(tables, footer)

@@ -19,16 +19,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import __version__
-from .cache import ArtifactStore, atomic_write_text
+from .api import ItemLost
+from .builtin.executors import LocalExecutor, emit
+from .cache import ArtifactStore, DamagedEntry, atomic_write_text
 from .errors import UserError
 from .logs import configure_worker, log, progress_logger
 from .plan import Plan, Run, Stage
 from .plugins import get_registry
-from .records import SCHEMA_VERSION, git_sha, load_records, machine, write_jsonl, write_record
-from .stages import StageResult, run_stage, versions
+from .records import build_record, git_sha, load_records, machine, write_jsonl, write_record
+from .stages import StageResult, build_stage, spec_components, versions
 
 UPSTREAM_KINDS = ("dataset", "grounding", "rollouts")
 REFERENCE_COPY = "reference.csv"
@@ -40,6 +40,7 @@ class PlanStatus:
 
     done: list[Run] = field(default_factory=list)
     failed_earlier: list[Run] = field(default_factory=list)
+    retried: list[Run] = field(default_factory=list)  # failed earlier, run again (--rerun-failed); also in todo
     todo: list[Run] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)  # finished runs recorded there that this plan does not have
 
@@ -55,6 +56,8 @@ def plan_status(plan: Plan, output: Path, rerun_failed: bool = False) -> PlanSta
         elif state == "failed" and not rerun_failed:
             status.failed_earlier.append(run)
         else:
+            if state == "failed":
+                status.retried.append(run)
             status.todo.append(run)
     # Failed records of runs no longer planned (a config fixed after a failure) hold no result to hide.
     planned = {r.run_id for r in plan.runs}
@@ -75,6 +78,7 @@ class RunSummary:
     planned: int = 0
     skipped_ok: int = 0
     skipped_failed: int = 0
+    retried: int = 0  # runs that had failed in an earlier invocation and ran again (--rerun-failed)
     ok: int = 0
     failed: int = 0
     stages_built: int = 0
@@ -87,12 +91,43 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+ERROR_TEXT_LIMIT = 500
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= ERROR_TEXT_LIMIT else text[:ERROR_TEXT_LIMIT - 1] + "…"
+
+
+def _frame_place(frame: Any, lineno: int) -> str:
+    """``package/module.py:LINE in FUNCTION``, the file named by its module (no directory of this machine)."""
+    module = str(frame.f_globals.get("__name__") or "")
+    name = Path(frame.f_code.co_filename).name
+    if name == "__init__.py" and module:
+        prefix = module.replace(".", "/")
+    else:
+        prefix = module.rpartition(".")[0].replace(".", "/")
+    return f"{prefix + '/' if prefix else ''}{name}:{lineno} in {frame.f_code.co_name}"
+
+
 def _error_text(exc: BaseException) -> str:
+    """What a run's record (and the log line of its failure) says about ``exc``: one line.
+
+    A :class:`UserError` is its message, which already names the file and field. Any other exception is a
+    bug to report: ``Type: message (at package/file.py:LINE in function)``, the innermost frame, and the
+    innermost kalm-bench frame too when the innermost one is in another library.
+    """
     if isinstance(exc, UserError):
-        return str(exc)
-    frames = traceback.extract_tb(exc.__traceback__)[-3:]
-    where = "; ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames)
-    return f"{type(exc).__name__}: {exc} [{where}]"
+        return _one_line(str(exc))
+    frames = list(traceback.walk_tb(exc.__traceback__))
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if not frames:
+        return _one_line(message)
+    places = [_frame_place(*frames[-1])]
+    ours = [f for f in frames if str(f[0].f_globals.get("__name__") or "").startswith("kalm_bench")]
+    if ours and ours[-1] is not frames[-1] and not places[0].startswith("kalm_bench"):
+        places.append(f"from {_frame_place(*ours[-1])}")
+    return _one_line(message) + f" (at {', '.join(places)})"
 
 
 def _named(stage: Stage) -> str:
@@ -107,32 +142,60 @@ def execute_chain(payload: dict[str, Any]) -> list[StageResult]:
     builds it, so the lines appear as the work happens whichever executor runs the chain.
     """
     configure_worker()
-    store = ArtifactStore(payload["root"])
-    progress = payload.get("progress")
+    store = _worker_store(payload["root"])
+    chain = payload["stages"][0].key
     results: list[StageResult] = []
     failed: str | None = None
     for stage in payload["stages"]:
         if failed is not None:
             results.append(StageResult(stage.key, stage.kind, False, False, f"upstream stage failed: {failed}"))
             continue
-        was_done = store.done(stage.kind, stage.key)
-        if not was_done:
-            log.info("start  %s", _named(stage))
+        emit(("stage", chain, stage.key))
         t0 = time.time()
+        progress = _progress_events(stage) if payload.get("progress_events") else progress_logger(stage.label)
         try:
-            run_stage(stage, store, progress(stage) if progress else progress_logger(stage.label))
+            _, built = build_stage(stage, store, progress, on_start=lambda st=stage: log.info("start  %s", _named(st)))
             wall = time.time() - t0
-            if was_done:
-                log.debug("cached %s", _named(stage))
-            else:
+            if built:
                 log.info("built  %s in %.1f s", _named(stage), wall)
-            results.append(StageResult(stage.key, stage.kind, True, not was_done, wall_s=wall))
-        except Exception as exc:  # recorded, never fatal for the suite
-            failed = f"{stage.label}: {_error_text(exc)}"
-            log.warning("FAILED %s after %.1f s: %s", _named(stage), time.time() - t0, _error_text(exc))
-            results.append(StageResult(stage.key, stage.kind, False, False, _error_text(exc),
-                                       wall_s=time.time() - t0))
+            else:
+                log.debug("cached %s", _named(stage))
+            results.append(StageResult(stage.key, stage.kind, True, built, wall_s=wall))
+        except (Exception, SystemExit) as exc:  # recorded, never fatal for the suite
+            text = _exit_text(exc) if isinstance(exc, SystemExit) else _error_text(exc)
+            failed = f"{stage.label}: {text}"
+            log.warning("FAILED %s after %.1f s: %s", _named(stage), time.time() - t0, text)
+            results.append(StageResult(stage.key, stage.kind, False, False, text, wall_s=time.time() - t0))
+        emit(("result", chain, results[-1]))
     return results
+
+
+_STORES: dict[str, ArtifactStore] = {}
+
+
+def _worker_store(root: str) -> ArtifactStore:
+    """One store per cache root and process, so an entry checked by one chain is not hashed again by the next
+    chain the same worker runs (unless its files changed)."""
+    if root not in _STORES:
+        _STORES[root] = ArtifactStore(root)
+    return _STORES[root]
+
+
+def _exit_text(exc: SystemExit) -> str:
+    """A plugin that calls ``sys.exit`` (or ``exit()``) fails its stage, not the suite."""
+    return f"the stage called sys.exit({exc.code!r})"
+
+
+def _progress_events(stage: Stage, every_s: float = 0.2) -> Callable[[int, int], None]:
+    """Progress sent to the parent process (its bars), at most every ``every_s`` seconds and at the end."""
+    last = [0.0]
+
+    def update(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or done >= total:
+            last[0] = now
+            emit(("progress", stage.key, int(done), int(total)))
+    return update
 
 
 class Runner:
@@ -151,7 +214,7 @@ class Runner:
         self.invocation_id = uuid.uuid4().hex  # two invocations may start in the same second
         self._t0 = time.time()
         self.git_sha = git_sha()
-        self.versions = versions()
+        self.versions = versions(cls for st in plan.stages.values() for cls in spec_components(st.spec))
         self.machine = machine()
 
     # -- bookkeeping ------------------------------------------------------------------------------------
@@ -171,15 +234,23 @@ class Runner:
 
     # -- execution --------------------------------------------------------------------------------------
     def run(self) -> RunSummary:
+        try:
+            return self._run()
+        finally:
+            self.executor.close()
+
+    def _run(self) -> RunSummary:
         t0 = self._t0 = time.time()
         status = plan_status(self.plan, self.output, self.rerun_failed)
         refuse_foreign(status, self.output)
         summary = RunSummary(planned=len(self.plan.runs), skipped_ok=len(status.done),
-                             skipped_failed=len(status.failed_earlier))
+                             skipped_failed=len(status.failed_earlier), retried=len(status.retried))
         todo = status.todo
-        if summary.skipped_ok or summary.skipped_failed:
-            log.info(f"resuming: {summary.skipped_ok} run(s) already done, {summary.skipped_failed} failed earlier"
-                     + (" (use --rerun-failed to retry them)" if summary.skipped_failed else ""))
+        if summary.skipped_ok or summary.skipped_failed or summary.retried:
+            log.info(f"resuming: {summary.skipped_ok} run(s) already done"
+                     + (f", {summary.skipped_failed} failed earlier (use --rerun-failed to retry them)"
+                        if summary.skipped_failed else "")
+                     + (f", retrying {summary.retried} that failed earlier" if summary.retried else ""))
         if not todo and (self.output / "plan.json").is_file():
             # Nothing to run: what is there (plan, timings, records.jsonl, tables) stays as it was written.
             summary.records = load_records(self.output, current_only=True)
@@ -187,6 +258,10 @@ class Runner:
             return summary
         self.output.mkdir(parents=True, exist_ok=True)
         self._write_plan()
+        cleaned = self.store.clean_partials()
+        if cleaned:
+            log.info("removed %d temporary build director%s left in the cache by killed runs", cleaned,
+                     "y" if cleaned == 1 else "ies")
         needed = {key for run in todo for key in run.stages.values()}
         log.info("%d run(s) to do over %d stage(s), %d of them not in the cache yet", len(todo), len(needed),
                  sum(not self.store.done(self.plan.stages[k].kind, k) for k in needed))
@@ -235,9 +310,27 @@ class Runner:
                  on_done: Callable[[list[StageResult]], None]) -> None:
         if not chains:
             return
-        payloads = [{"stages": chain, "root": str(self.store.root),
-                     "progress": self.progress_factory if (self.jobs == 1 and self.executor.name == "local") else None} for chain in chains]
-        for results in self.executor.map(execute_chain, payloads, self.jobs):
+        local = isinstance(self.executor, LocalExecutor)
+        bars = self.progress_factory if (self.jobs == 1 and local) else None
+        payloads = [{"stages": chain, "root": str(self.store.root), "progress_events": bars is not None}
+                    for chain in chains]
+        # What each chain's worker reported so far: the stage it runs and the results of those it finished,
+        # so a worker that dies keeps the results it had and fails only the stage it was in.
+        running: dict[str, str] = {}
+        finished: dict[str, list[StageResult]] = defaultdict(list)
+        updates: dict[str, Callable[[int, int], None]] = {}
+
+        def on_event(event: Any) -> None:
+            if event[0] == "stage":
+                running[event[1]] = event[2]
+            elif event[0] == "result":
+                finished[event[1]].append(event[2])
+            elif event[0] == "progress" and bars is not None and event[1] in self.plan.stages:
+                if event[1] not in updates:
+                    updates[event[1]] = bars(self.plan.stages[event[1]])
+                updates[event[1]](event[2], event[3])
+
+        def handle(results: list[StageResult]) -> None:
             for res in results:
                 if res.ok:
                     summary.stages_built += int(res.built)
@@ -245,6 +338,50 @@ class Runner:
                 else:
                     self.stage_errors[res.key] = res.error or "failed"
             on_done(results)
+
+        pending = {chain[0].key: chain for chain in chains}
+        kwargs = {"on_event": on_event} if local else {}
+        try:
+            for out in self.executor.map(execute_chain, payloads, self.jobs, **kwargs):
+                if isinstance(out, ItemLost):
+                    chain = out.item["stages"]
+                    results = self._lost_chain(chain, out.reason, finished.get(chain[0].key, []),
+                                               running.get(chain[0].key))
+                else:
+                    results = out
+                pending.pop(results[0].key, None)
+                handle(results)
+        except Exception as exc:  # an executor that gives up: the chains it did not finish fail, the suite goes on
+            reason = f"the executor failed: {type(exc).__name__}: {exc}"
+            log.warning("%s", reason)
+            for key, chain in list(pending.items()):
+                pending.pop(key)
+                handle(self._lost_chain(chain, reason, finished.get(key, []), running.get(key)))
+        for key, chain in list(pending.items()):  # an executor that returned fewer results than items
+            handle(self._lost_chain(chain, "the executor returned no result", finished.get(key, []),
+                                    running.get(key)))
+
+    @staticmethod
+    def _lost_chain(chain: list[Stage], reason: str, finished: list[StageResult],
+                    running: str | None) -> list[StageResult]:
+        """Results of a chain whose worker gave none: the stages it reported finished keep their result,
+        the one it was running (else the first unfinished one) fails with ``reason``, the rest after it."""
+        done = {r.key: r for r in finished}
+        results: list[StageResult] = []
+        failed: str | None = None
+        for stage in chain:
+            if stage.key in done and failed is None:
+                results.append(done[stage.key])
+                if not done[stage.key].ok:
+                    failed = f"{stage.label}: {done[stage.key].error}"
+            elif failed is None and (running is None or stage.key == running or stage.key not in done):
+                text = f"{reason} during the {stage.kind} stage"
+                log.warning("FAILED %s: %s", _named(stage), text)
+                results.append(StageResult(stage.key, stage.kind, False, False, text))
+                failed = f"{stage.label}: {text}"
+            else:
+                results.append(StageResult(stage.key, stage.kind, False, False, f"upstream stage failed: {failed}"))
+        return results
 
     def _write_timings(self, summary: RunSummary, finished: bool) -> None:
         """``timings.json``: wall time of every planned stage that is built, and of each invocation.
@@ -269,13 +406,19 @@ class Runner:
         # A stage built into another cache (the results came from elsewhere) keeps the time recorded then.
         stages = []
         for st in self.plan.stages.values():
-            wall = (self.store.manifest(st.kind, st.key).get("wall_s") if self.store.done(st.kind, st.key)
-                    else earlier.get(st.key))
+            wall = earlier.get(st.key)
+            if self.store.done(st.kind, st.key):
+                try:
+                    wall = self.store.manifest(st.kind, st.key).get("wall_s")
+                except DamagedEntry:  # rebuilt by the next run that needs it
+                    pass
             stages.append({"kind": st.kind, "label": st.label, "key": st.key, "wall_s": wall})
         atomic_write_text(path, json.dumps({"invocations": invocations, "stages": stages}, indent=2))
 
     def _finish(self, run: Run, summary: RunSummary, error: str | None) -> None:
-        record = self.make_record(run, error)
+        record = build_record(self.plan, run, self.store, error, {
+            "git_sha": self.git_sha, "harness_version": __version__, "versions": self.versions,
+            "machine": self.machine, "started_at": self.started_at, "finished_at": _now()})
         write_record(self.output, record)
         if record["status"] == "ok":
             summary.ok += 1
@@ -284,61 +427,3 @@ class Runner:
             summary.failed += 1
             log.warning("run FAILED: %s: %s", run.describe(), record["error"])
         self._write_timings(summary, finished=False)
-
-    def make_record(self, run: Run, error: str | None) -> dict[str, Any]:
-        s = self.plan.loaded.suite
-        entry = next(a for a in s.algorithms if a.row == run.row)
-        algo_spec = self.plan.stages[run.stages["train"]].spec["algorithm"]
-        train_spec = self.plan.stages[run.stages["train"]].spec
-        gspec = self.plan.stages[run.stages["grounding"]].spec if "grounding" in run.stages else None
-        rec: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION, "run_id": run.run_id, "suite": s.suite, "suite_version": s.version,
-            "env": run.env, "level": run.level, "algorithm": run.row, "algorithm_name": run.algorithm,
-            "algorithm_config": {"type": algo_spec["name"], "params": algo_spec["config"]},
-            "algorithm_version": algo_spec["version"], "reference_name": entry.reference or run.row,
-            "row_index": [a.row for a in s.algorithms].index(run.row), "levels": self.plan.levels,
-            "data_level": self.plan.data_level,
-            "variant": run.variant, "kalm": run.variant == "kalm", "imaginary_level": run.imaginary_level,
-            "seed": run.seed, "eval_seed": s.eval.seed, "replicate": list(self.plan.replicate),
-            "stage_seeds": {kind: self.plan.stages[key].spec.get("seed") for kind, key in run.stages.items()},
-            "train_steps": train_spec["steps"],
-            "encoder": train_spec["encoder"]["name"], "data_keys": dict(run.stages),
-            "llm_backend": gspec["backend"]["name"] if gspec else None,
-            "llm_config": gspec["backend"]["config"] if gspec else None,
-            "llm_tasks": [t["name"] for t in gspec["tasks"]] if gspec else None,
-            "status": "ok" if error is None else "failed", "error": error,
-            "git_sha": self.git_sha, "harness_version": __version__, "versions": self.versions,
-            "machine": self.machine, "started_at": self.started_at, "finished_at": _now(),
-        }
-        timings = {}
-        for kind, key in run.stages.items():
-            if self.store.done(kind, key):
-                m = self.store.manifest(kind, key)
-                timings[kind] = m.get("wall_s")
-                if kind == "train":
-                    rec["train_log"] = m.get("train_log", [])
-                if kind == "grounding":
-                    rec["llm_diagnostics"] = m.get("diagnostics", {})
-                if kind == "rollouts":
-                    rec["rollouts"] = {k: m.get(k) for k in ("n_episodes", "n_transitions", "n_proposed",
-                                                             "goal_match_rate", "realistic_rate",
-                                                             "realistic_goal_match_rate", "keep", "realistic",
-                                                             "attrs")}
-                    rec["rollout_source"] = self.plan.stages[key].spec["source"]["name"]
-                if kind == "eval":
-                    curve = m["curve"]
-                    k = min(s.eval.last_k, len(curve))
-                    last = [c["success_rate"] for c in curve[-k:]]
-                    rec.update({
-                        "curve": curve, "n_eval_episodes": m["n_cases"],
-                        "success_rate": float(np.mean(last)), "success_rate_last": curve[-1]["success_rate"],
-                        "success_rate_best": max(c["success_rate"] for c in curve),
-                        "return_mean": float(np.mean([c["return_mean"] for c in curve[-k:]])),
-                        "length_mean": float(np.mean([c["length_mean"] for c in curve[-k:]])),
-                        "last_k": k,
-                    })
-        rec["timings_s"] = timings
-        rec["wall_s"] = float(sum(v for v in timings.values() if v))
-        if error is None and "success_rate" not in rec:
-            rec.update(status="failed", error="evaluation artifact missing")
-        return rec

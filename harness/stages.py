@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import api
-from .cache import ArtifactStore
+from .cache import ArtifactStore, atomic_write_text
 from .datasets import TrajectoryDataset
 from .plan import Stage
 from .plugins import get_registry
@@ -117,12 +119,13 @@ def to_transitions(ds: TrajectoryDataset, table: list[str], index: dict[str, int
 
 
 def _load_dataset(store: ArtifactStore, key: str, kind: str) -> TrajectoryDataset:
-    return TrajectoryDataset.load(store.path(kind, key) / "dataset", verify=False)
+    # ``store.entry`` has checked every file of the entry against its sha256, data.npz included.
+    return TrajectoryDataset.load(store.entry(kind, key) / "dataset", verify=False)
 
 
 def _dataset_shell(store: ArtifactStore, key: str, kind: str) -> TrajectoryDataset:
     """No episodes, but the shapes of a stored dataset: all that loading a policy needs."""
-    m = json.loads((store.path(kind, key) / "dataset" / "manifest.json").read_text())
+    m = json.loads((store.entry(kind, key) / "dataset" / "manifest.json").read_text())
     return TrajectoryDataset.from_episodes([], env=m["env"], action_kind=m["action_kind"],
                                            action_size=int(m["action_size"]), state_dim=int(m["state_dim"]))
 
@@ -142,10 +145,10 @@ def _train_inputs(stage_spec: dict[str, Any], deps: dict[str, str], store: Artif
     real_td = to_transitions(real, table, index, emb)
     imag_td = to_transitions(imag, table, index, emb) if imag is not None and imag.n_transitions else None
     llm = None
-    if "grounding" in deps and getattr(type(algo), "needs_llm", False):
-        gspec = json.loads((store.path("grounding", deps["grounding"]) / "stage.json").read_text())["spec"]
-        llm = api.LLMHandle(make_component("llm_backends", gspec["backend"]),
-                            store.path("grounding", deps["grounding"]) / "model")
+    if "grounding" in deps and algo.needs_llm:
+        gpath = store.entry("grounding", deps["grounding"])
+        gspec = store.manifest("grounding", deps["grounding"])["spec"]
+        llm = api.LLMHandle(make_component("llm_backends", gspec["backend"]), gpath / "model")
     ctx = api.TrainContext(
         config=algo.config, seed=int(stage_spec["seed"]), real=real_td, imaginary=imag_td,
         imaginary_fraction=float(stage_spec["imaginary_fraction"]) if imag_td is not None else 0.0,
@@ -157,22 +160,35 @@ def _train_inputs(stage_spec: dict[str, Any], deps: dict[str, str], store: Artif
 
 def run_stage(stage: Stage, store: ArtifactStore, progress: Progress | None = None) -> dict[str, Any]:
     """Build ``stage``'s artifact (if not cached). Returns its manifest."""
+    return build_stage(stage, store, progress)[0]
+
+
+def build_stage(stage: Stage, store: ArtifactStore, progress: Progress | None = None,
+                on_start: Callable[[], None] | None = None) -> tuple[dict[str, Any], bool]:
+    """Build ``stage``'s artifact unless the cache has it intact: (its manifest, whether this call built it).
+
+    ``on_start`` is called when the build itself starts (not for a cached entry, nor after waiting for
+    another process that built it meanwhile). A training continues from the checkpoints a killed build of
+    it left (see :func:`_build_train`).
+    """
     progress = progress or (lambda done, total: None)
     builder = _BUILDERS[stage.kind]
-    meta = {"label": stage.label, "spec": stage.spec, "deps": stage.deps, "versions": versions()}
-    path, _ = store.build(stage.kind, stage.key, lambda tmp: builder(stage, store, tmp, progress), meta)
-    return json.loads((path / "stage.json").read_text())
+    meta = {"label": stage.label, "spec": stage.spec, "deps": stage.deps, "versions": versions(spec_components(stage.spec))}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        if on_start is not None:
+            on_start()
+        return builder(stage, store, tmp, progress)
+
+    _, built = store.build(stage.kind, stage.key, build, meta, resumable=stage.kind == "train")
+    return store.manifest(stage.kind, stage.key), built
 
 
 def _build_dataset(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:
     spec = stage.spec
     if "path" in spec:
-        ds = TrajectoryDataset.load(spec["path"])
-        if ds.env != spec["env"]["name"]:
-            from .errors import UserError
-
-            raise UserError(f"dataset is for env {ds.env!r}, the suite uses {spec['env']['name']!r}",
-                            file=Path(spec["path"]) / "manifest.json", field="env")
+        # Data from outside: every check, including the suite's env (its name and action kind).
+        ds = TrajectoryDataset.load(spec["path"], env=get_registry().get("envs", spec["env"]["name"]))
     else:
         env = make_component("envs", spec["env"])
         seed_everything(int(spec["seed"]))
@@ -203,8 +219,8 @@ def _build_rollouts(stage: Stage, store: ArtifactStore, out: Path, progress: Pro
     source = make_component("rollout_sources", spec["source"])
     llm, model_dir = None, None
     if "grounding" in stage.deps:
-        gpath = store.path("grounding", stage.deps["grounding"])
-        gspec = json.loads((gpath / "stage.json").read_text())["spec"]
+        gpath = store.entry("grounding", stage.deps["grounding"])
+        gspec = store.manifest("grounding", stage.deps["grounding"])["spec"]
         model_dir = gpath / "model"
         llm = api.LLMHandle(make_component("llm_backends", gspec["backend"]), model_dir)
     seed = int(spec["seed"])
@@ -256,25 +272,65 @@ def realistic_episodes(ds: TrajectoryDataset, env: api.Environment) -> np.ndarra
     return np.array([bool(np.asarray(env.realistic_states(e.states), bool).all()) for e in ds.episodes()], bool)
 
 
+TRAIN_STATE = "train_state.json"
+
+
 def _build_train(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:
+    """Train, saving each checkpoint as it comes.
+
+    ``out`` is kept when the build is killed, and handed to the next build of the same training: the
+    checkpoints already saved stay (a checkpoint is written aside and renamed, so it is whole or absent),
+    ``train_state.json`` keeps the training log up to the last checkpoint, and ``ctx.workdir`` keeps what
+    the algorithm wrote there. An algorithm that stores its training state in ``ctx.workdir`` at each
+    checkpoint continues from there; one that does not trains again from the start, and every checkpoint it
+    saves again replaces the earlier one of that step.
+    """
+    t0 = time.time()
     algo, ctx, _ = _train_inputs(stage.spec, stage.deps, store)
     ckpt_root = out / "checkpoints"
-    ckpt_root.mkdir()
-    saved: list[int] = []
+    ckpt_root.mkdir(exist_ok=True)
+    for leftover in ckpt_root.glob(".*"):  # a checkpoint a killed build was writing
+        shutil.rmtree(leftover, ignore_errors=True)
+    saved = sorted(int(p.name) for p in ckpt_root.iterdir() if p.is_dir() and p.name.isdigit())
+    train_log: list[dict[str, float]] = []
+    earlier_s = 0.0
+    state_file = out / TRAIN_STATE
+    if saved and state_file.is_file():
+        try:
+            state = json.loads(state_file.read_text())
+            train_log = [e for e in state["train_log"] if int(e["step"]) <= saved[-1]]
+            earlier_s = float(state.get("wall_s", 0.0))
+        except (ValueError, KeyError, TypeError):  # unreadable: the log restarts with the algorithm
+            train_log = []
+    resumed_from = saved[-1] if saved else None
+
+    def save_state() -> None:
+        atomic_write_text(state_file, json.dumps({"train_log": train_log,
+                                                  "wall_s": earlier_s + time.time() - t0}))
 
     def save_checkpoint(step: int, policy: api.Policy) -> None:
-        d = ckpt_root / f"{int(step):09d}"
-        d.mkdir(exist_ok=False)
-        policy.save(d)
-        saved.append(int(step))
-
-    train_log: list[dict[str, float]] = []
+        step = int(step)
+        d = ckpt_root / f"{step:09d}"
+        part = ckpt_root / f".{d.name}.partial"
+        if part.exists():
+            shutil.rmtree(part)
+        part.mkdir()
+        policy.save(part)
+        if d.exists():  # saved again after a resume: the new one replaces it
+            shutil.rmtree(d)
+        os.replace(part, d)
+        if step not in saved:
+            saved.append(step)
+            saved.sort()
+        save_state()
 
     def log(step: int, metrics: dict[str, float]) -> None:
+        # Entries from a killed attempt past the point the algorithm continues from are replaced.
+        train_log[:] = [e for e in train_log if int(e["step"]) < int(step)]
         train_log.append({"step": int(step), **{k: float(v) for k, v in metrics.items()}})
 
     ctx.workdir = out / "work"
-    ctx.workdir.mkdir()
+    ctx.workdir.mkdir(exist_ok=True)
     ctx.save_checkpoint = save_checkpoint
     ctx.progress = progress
     ctx.log = log
@@ -282,14 +338,16 @@ def _build_train(stage: Stage, store: ArtifactStore, out: Path, progress: Progre
     algo.train(ctx)
     if not saved:
         raise RuntimeError(f"algorithm {algo.name!r} saved no checkpoint")
+    state_file.unlink(missing_ok=True)
     return {"checkpoints": saved, "train_log": train_log, "train_transitions": len(ctx.real),
-            "imaginary_transitions": len(ctx.imaginary) if ctx.imaginary is not None else 0}
+            "imaginary_transitions": len(ctx.imaginary) if ctx.imaginary is not None else 0,
+            "resumed_from_checkpoint": resumed_from, "wall_s": earlier_s + time.time() - t0}
 
 
 def _build_eval(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:
     spec = stage.spec
-    tpath = store.path("train", stage.deps["train"])
-    tstage = json.loads((tpath / "stage.json").read_text())
+    tpath = store.entry("train", stage.deps["train"])
+    tstage = store.manifest("train", stage.deps["train"])
     algo, ctx, encoder = _train_inputs(tstage["spec"], tstage["deps"], store, with_data=False)
     env = ctx.env
     assert env is not None
@@ -316,14 +374,31 @@ _BUILDERS = {"dataset": _build_dataset, "grounding": _build_grounding, "rollouts
              "train": _build_train, "eval": _build_eval}
 
 
-def versions() -> dict[str, str | None]:
-    """Versions of Python and the libraries that decide results (without importing them)."""
+# Stage-spec sections that name a component, and their registry kind.
+COMPONENT_SECTIONS = {"env": "envs", "algorithm": "algorithms", "backend": "llm_backends", "encoder": "encoders",
+                      "source": "rollout_sources"}
+
+
+def spec_components(spec: dict[str, Any]) -> list[type]:
+    """The registered classes a stage spec names (its env, algorithm, LLM backend, encoder, rollout source)."""
+    reg = get_registry()
+    out = []
+    for section, kind in COMPONENT_SECTIONS.items():
+        value = spec.get(section)
+        if isinstance(value, dict) and value.get("name") in reg.names(kind):
+            out.append(reg.get(kind, value["name"]))
+    return out
+
+
+def versions(components: Iterable[type] = ()) -> dict[str, str | None]:
+    """Versions of Python, kalm-bench, numpy and the libraries the ``components`` declare (``libraries``),
+    without importing them."""
     import importlib.metadata as md
     import platform
 
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("kalm-bench", "numpy", "torch", "d3rlpy", "gymnasium", "mujoco", "metaworld", "transformers",
-                 "peft", "sentence-transformers"):
+    names = ["kalm-bench", "numpy"] + [lib for cls in components for lib in cls.libraries]
+    for dist in dict.fromkeys(names):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:

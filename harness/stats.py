@@ -63,6 +63,18 @@ def stratified_bootstrap_ci(scores: np.ndarray, statistic=iqm, reps: int = 2000,
     return point, float(lo), float(hi)
 
 
+def t_interval(values: Sequence[float], alpha: float = 0.05) -> tuple[float, float]:
+    """Student-t interval of the mean (n − 1 degrees of freedom); NaN bounds for fewer than 2 values."""
+    from scipy.stats import t
+
+    x = np.asarray(values, float)
+    n = len(x)
+    if n < 2:
+        return float("nan"), float("nan")
+    half = float(t.ppf(1 - alpha / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return float(x.mean()) - half, float(x.mean()) + half
+
+
 def paired_t_ci(treated: dict[int, float], control: dict[int, float],
                 alpha: float = 0.05) -> tuple[float, float, float, int]:
     """Mean of the paired differences treated − control over the replications both have, with a Student-t

@@ -24,6 +24,9 @@ def core_env(monkeypatch, tmp_path):
     monkeypatch.setenv("KALM_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.delenv("KALM_BENCH_STRICT_PLUGINS", raising=False)
+    # Stages run in the test process (a worker process would import torch again for every run); the tests
+    # of the worker processes themselves (crashes, --jobs) unset it or use --jobs 2.
+    monkeypatch.setenv("KALM_BENCH_IN_PROCESS", "1")
     set_registry(None)
     yield tmp_path
     set_registry(None)

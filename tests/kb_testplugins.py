@@ -88,7 +88,11 @@ class LineWorld(Environment):
     description = "test env: move a ball along 10 cells"
     levels = {"seen": "targets 0-7", "rephrase": "targets 0-7, other wording", "far": "targets 8-9"}
     action_kind = "discrete"
+    action_size = 3
+    state_dim = 1
     horizon = 12
+    case_fields = ("instruction", "initial_state", "goal", "level")
+    can_label = True
 
     class Config(StrictConfig):
         noise: float = 0.0
@@ -295,6 +299,10 @@ if _kill_after is not None:
         counter = Path(os.environ["KB_TEST_COUNTER"])
         n = int(counter.read_text()) if counter.exists() else 0
         if n >= int(_kill_after):
+            if os.environ.get("KALM_BENCH_WORKER") == "1":  # a worker process: kill the whole run
+                import signal
+
+                os.kill(os.getppid(), signal.SIGKILL)
             os._exit(137)
         counter.write_text(str(n + 1))
         return _orig_train(self, ctx)

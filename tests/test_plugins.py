@@ -33,7 +33,7 @@ def test_broken_plugin_is_reported_and_others_still_work(core_env):
     reg = build_registry(load_entrypoints=False, extra=[("bad", bad)])
     assert "boom at registration" in reg.plugins["bad"].error
     assert [p.name for p in reg.failures()] == ["bad"]
-    assert reg.names("reporters") == ["csv", "latex", "md"]  # built-ins unaffected
+    assert reg.names("reporters") == ["csv", "json", "latex", "md"]  # built-ins unaffected
     assert reg.names("executors") == ["local"]
 
 

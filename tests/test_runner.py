@@ -91,7 +91,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(core_env, suite_file):
     out = core_env / "res"
     env = {"KB_TEST_KILL_AFTER_TRAINS": "2", "KB_TEST_COUNTER": str(core_env / "counter")}
     killed = run_cli("run", str(suite_file), "-o", str(out), env=env)
-    assert killed.returncode == 137  # died like a SIGKILL, in the third training
+    assert killed.returncode in (137, -9)  # died like a SIGKILL, in the third training
     first = {p.name for p in (out / "records").glob("*.json")}
     assert 0 < len(first) < 12
     assert not list(out.rglob("*.tmp"))
@@ -194,7 +194,8 @@ def test_timings_and_comparison_tables_in_the_report(core_env, suite_file):
     assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["tabular-bc +KALM", "tabular-bc"]
     assert "Wall time per stage" in out and "2 invocation(s)" in out
     prov = out.split("Provenance:")[1]
-    assert "git " in prov and "torch" in prov and "CPUs" in prov and "suite wall time" in prov
+    # versions: the core's, and those the components declare (the test plugins declare none)
+    assert "git " in prov and "numpy" in prov and "torch" not in prov and "CPUs" in prov and "suite wall time" in prov
     # A damaged timings file is one clear error naming it.
     (core_env / "a" / "timings.json").write_text('{"stages": [{"kind": "train", "wall_s": "x"}]}')
     bad = run_cli("report", str(core_env / "a"))

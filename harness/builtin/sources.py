@@ -12,11 +12,10 @@ import numpy as np
 from pydantic import Field
 
 from kalm_bench import hookimpl
-from kalm_bench.api import ImagineContext, RolloutSource, StrictConfig
-from kalm_bench.errors import UserError
+from kalm_bench.api import ImagineContext, RolloutSource, StrictConfig, UserError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kalm_bench.datasets import TrajectoryDataset
+    from kalm_bench.api import TrajectoryDataset
 
 
 class LLMSource(RolloutSource):
@@ -28,6 +27,7 @@ class LLMSource(RolloutSource):
     def propose(self, ctx: ImagineContext) -> TrajectoryDataset:
         if ctx.llm is None:
             raise UserError("the llm rollout source needs a grounded LLM (an 'llm' section)", field="llm")
+        ctx.env.require_imagination(ctx.level, ctx.goals, ctx.labels)
         return ctx.llm.backend.imagine(ctx)
 
 
@@ -49,10 +49,11 @@ class RandomSource(RolloutSource):
                                                                        "env's horizon)")
 
     def propose(self, ctx: ImagineContext) -> TrajectoryDataset:
-        from kalm_bench.datasets import Episode, TrajectoryDataset
+        from kalm_bench.api import Episode, TrajectoryDataset
 
         env, cases = ctx.env, list(ctx.goals)
-        pairs, action_size = self._play(ctx, cases, int(self.config.max_rollout_length or env.horizon))
+        env.require_imagination(ctx.level, cases, ctx.labels)
+        pairs = self._play(ctx, cases, int(self.config.max_rollout_length or env.horizon))
         if ctx.labels == "model":
             if ctx.llm is None:
                 raise UserError("model labels need a grounded LLM (an 'llm' section)", field="rollouts.labels")
@@ -67,20 +68,18 @@ class RandomSource(RolloutSource):
             end = int(lab.end)
             episodes.append(Episode(states=states[:end + 1], actions=actions[:end],
                                     rewards=np.asarray(lab.rewards, np.float32)[:end],
-                                    instruction=str(case["instruction"]), goal=_goal(case), level=ctx.level,
+                                    instruction=str(case["instruction"]), goal=env.goal_of(case), level=ctx.level,
                                     success=bool(lab.success)))
-        state_dim = int(pairs[0][0].shape[1]) if pairs else 0
+        state_dim = int(pairs[0][0].shape[1]) if pairs else int(env.state_dim)
         return TrajectoryDataset.from_episodes(episodes, env=env.name, action_kind=env.action_kind,
-                                               action_size=action_size, seed=ctx.seed, source="random",
+                                               action_size=int(env.action_size), seed=ctx.seed, source="random",
                                                attrs={"labels": ctx.labels}, state_dim=state_dim)
 
     @staticmethod
     def _play(ctx: ImagineContext, cases: list[dict[str, Any]], horizon: int
-              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
-        """One random rollout per case, and the size of the action space."""
+              ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One random rollout per case."""
         gym_env = ctx.env.make(ctx.level)
-        space = gym_env.action_space
-        action_size = int(space.n) if hasattr(space, "n") else int(np.prod(space.shape))
         rng = np.random.default_rng(ctx.seed)
         gym_env.action_space.seed(int(rng.integers(2**31)))
         act_dtype = np.int64 if ctx.env.action_kind == "discrete" else np.float32
@@ -100,12 +99,7 @@ class RandomSource(RolloutSource):
                 ctx.progress(k + 1, len(cases))
         finally:
             gym_env.close()
-        return pairs, action_size
-
-
-def _goal(case: dict[str, Any]) -> Any:
-    """What an episode records as its goal: the case's ``goal``, else the case without its start."""
-    return case["goal"] if "goal" in case else {k: v for k, v in case.items() if k != "initial_state"}
+        return pairs
 
 
 @hookimpl

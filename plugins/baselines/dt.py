@@ -31,8 +31,14 @@ class DTConfig(StrictConfig):
     """Options shared by both Decision Transformers."""
 
     d3rlpy_config: ClassVar[str] = ""
-    d3rlpy_fields: ClassVar[tuple[str, ...]] = ()
-    """Fields of the d3rlpy config that this plugin sets or passes through (checked by the tests)."""
+
+    @classmethod
+    def passed_fields(cls) -> tuple[str, ...]:
+        """The d3rlpy fields this config sets or lets ``d3rlpy`` override: every field of the dataclass, read
+        from d3rlpy (imports it), except the ones the Decision Transformers cannot take."""
+        from kalm_bench_plugins.d3rlpy_layer import d3rlpy_fields
+
+        return tuple(f for f in d3rlpy_fields(cls.d3rlpy_config) if f not in _NOT_PASSED)
 
     context_size: int = Field(10, ge=1, description="K: number of past steps the transformer sees")
     num_layers: int = Field(2, ge=1, description="transformer blocks")
@@ -69,35 +75,29 @@ class DTConfig(StrictConfig):
                                  f"under 'd3rlpy'")
             if key in _NOT_PASSED:
                 raise ValueError(f"d3rlpy.{key}: not supported by the kalm-bench Decision Transformer")
-            if key not in self.d3rlpy_fields:
+            if key not in self.passed_fields():
                 raise ValueError(f"d3rlpy.{key}: unknown field of d3rlpy {self.d3rlpy_config}; valid: "
-                                 f"{', '.join(sorted(set(self.d3rlpy_fields) - own))}")
-        from .dt_train import build_d3rlpy_config  # imports d3rlpy: only when something is overridden
+                                 f"{', '.join(sorted(set(self.passed_fields()) - own))}")
+        from kalm_bench_plugins.d3rlpy_layer import build_d3rlpy_config  # imports d3rlpy: only when overridden
 
         build_d3rlpy_config(self)
         return self
 
 
-_COMMON = ("batch_size", "context_size", "max_timestep", "learning_rate", "encoder_factory", "optim_factory",
-           "num_heads", "num_layers", "attn_dropout", "resid_dropout", "embed_dropout", "activation_type",
-           "position_encoding_type")
-
-
 class DiscreteDTConfig(DTConfig):
     d3rlpy_config: ClassVar[str] = "DiscreteDecisionTransformerConfig"
-    d3rlpy_fields: ClassVar[tuple[str, ...]] = _COMMON + ("embed_activation_type", "warmup_tokens",
-                                                          "final_tokens")
 
 
 class ContinuousDTConfig(DTConfig):
     d3rlpy_config: ClassVar[str] = "DecisionTransformerConfig"
-    d3rlpy_fields: ClassVar[tuple[str, ...]] = _COMMON
 
     learning_rate: float = Field(3e-4, gt=0)
 
 
 class DTAlgorithm(Algorithm):
     """Base of both Decision Transformers; training and policies live in :mod:`.dt_train`."""
+
+    libraries: ClassVar[tuple[str, ...]] = ("d3rlpy", "torch")
 
     version: ClassVar[str] = "1"
     default_preset: ClassVar[str | None] = "cpu"

@@ -20,15 +20,20 @@ from d3rlpy.base import LearnableConfigWithShape
 from d3rlpy.torch_utility import TorchTrajectoryMiniBatch, map_location
 
 from kalm_bench.api import Policy, PolicyBatch, TrainContext, TransitionData
-from kalm_bench.errors import UserError
-from kalm_bench_plugins.offline_rl.sampler import split_batch
-from kalm_bench_plugins.offline_rl.trainer import (
+from kalm_bench.api import UserError
+from kalm_bench_plugins.d3rlpy_layer import (
     build_d3rlpy_config,
     check_d3rlpy_config,
     check_train_inputs,
+    continue_training,
+    end_training_state,
+    impl_counters,
+    module_states,
     policy_device,
     read_policy_meta,
+    save_training_state,
     seed_everything,
+    split_batch,
     write_policy_files,
 )
 
@@ -354,8 +359,8 @@ def train(algorithm: DTAlgorithm, ctx: TrainContext) -> None:
     net = algo.impl.modules.transformer
     checkpoints = set(ctx.checkpoint_steps())
     every = max(1, min(100, ctx.steps // 100 or 1))
-    losses: dict[str, deque[float]] = {}
-    for step in range(1, ctx.steps + 1):
+    first, losses = continue_training(algorithm, ctx, algo, sampler, cfg.device)  # after a kill, if any
+    for step in range(first, ctx.steps + 1):
         loss = algo.impl.update(sampler.sample(), algo.grad_step)
         algo.set_grad_step(algo.grad_step + 1)
         for k, v in loss.items():
@@ -365,5 +370,9 @@ def train(algorithm: DTAlgorithm, ctx: TrainContext) -> None:
             meta["loss"] = {k: float(np.mean(v)) for k, v in losses.items()}
             state = {n: t.detach().clone() for n, t in net.state_dict().items()}
             ctx.save_checkpoint(step, DTPolicy(config_json, state, dict(meta), cfg.device))
+            save_training_state(algorithm, ctx, step, {
+                "modules": module_states(algo), "grad_step": int(algo.grad_step), "counters": impl_counters(algo),
+                "sampler_rng": sampler.rng.bit_generator.state, "losses": {k: list(v) for k, v in losses.items()}})
         if step % every == 0 or step == ctx.steps:
             ctx.progress(step, ctx.steps)
+    end_training_state(ctx)

@@ -47,6 +47,8 @@ class LLMDTConfig(StrictConfig):
 
 
 class LLMDecisionTransformer(Algorithm):
+
+    libraries: ClassVar[tuple[str, ...]] = ("d3rlpy", "torch")
     name: ClassVar[str] = "llm-dt"
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ("Decision Transformer whose backbone is the grounded LLM's transformer (the "

@@ -25,12 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from kalm_bench.api import LLMHandle, PolicyBatch, TrainContext
-from kalm_bench.errors import UserError
-from kalm_bench_plugins.offline_rl.trainer import (
+from kalm_bench.api import UserError
+from kalm_bench_plugins.d3rlpy_layer import (
+    LOG,
     META_FILE,
     check_train_inputs,
+    end_training_state,
+    load_training_state,
     read_policy_meta,
+    save_training_state,
     seed_everything,
+    set_rng_state,
     write_policy_files,
 )
 
@@ -306,7 +311,21 @@ def train(algorithm: LLMDecisionTransformer, ctx: TrainContext) -> None:
     every = max(1, min(100, ctx.steps // 100 or 1))
     recent: deque[float] = deque(maxlen=1000)
     since_log: list[float] = []
-    for step in range(1, ctx.steps + 1):
+    first = 1
+    resume = load_training_state(algorithm, ctx, device)  # a killed build of this training: continue it
+    if resume is not None:
+        tokens.load_state_dict(resume["tokens"])
+        backbone.load_state_dict(resume["backbone"], strict=False)
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        sampler.rng.bit_generator.state = resume["sampler_rng"]
+        recent = deque(resume["recent"], maxlen=1000)
+        since_log = list(resume["since_log"])
+        set_rng_state(resume["rng"])
+        first = int(resume["step"]) + 1
+        LOG.info("  continuing %s from its checkpoint at step %d", algorithm.name, first - 1)
+        ctx.progress(first - 1, ctx.steps)
+    for step in range(first, ctx.steps + 1):
         value = update(tokens, backbone, sampler.sample(), opt, sched, params, cfg.grad_clip)
         recent.append(value)
         since_log.append(value)
@@ -320,3 +339,8 @@ def train(algorithm: LLMDecisionTransformer, ctx: TrainContext) -> None:
                      "backbone": trained_state(backbone)}
             ctx.save_checkpoint(step, LLMDTPolicy(state, snap, device, lambda: get_backbone(llm, device),
                                                   cfg.act_batch_size))
+            save_training_state(algorithm, ctx, step, {
+                "tokens": tokens.state_dict(), "backbone": trained_state(backbone), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "sampler_rng": sampler.rng.bit_generator.state,
+                "recent": list(recent), "since_log": list(since_log)})
+    end_training_state(ctx)

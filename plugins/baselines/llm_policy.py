@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from kalm_bench.api import ActionKind, Algorithm, Policy, StrictConfig, TrainContext
-from kalm_bench.errors import UserError
+from kalm_bench.api import UserError
 
 CHECKPOINT_FILE = "llm_policy.json"
 """What a backend's LLM policy writes in ``Policy.save``: JSON with at least ``{"backend": name}``."""
@@ -32,6 +32,8 @@ class LLMPolicyConfig(StrictConfig):
 
 
 class LLMAsPolicy(Algorithm):
+
+    libraries: ClassVar[tuple[str, ...]] = ("torch",)
     name: ClassVar[str] = "llm-policy"
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ("LLM as policy: the grounded LLM outputs each action from the goal-oriented "

@@ -9,6 +9,10 @@ import click
 
 
 def _config(options: tuple[str, ...]):
+    from pydantic import ValidationError
+
+    from kalm_bench.api import UserError
+
     from .config import ClevrConfig
 
     values = {}
@@ -20,7 +24,14 @@ def _config(options: tuple[str, ...]):
             values[key] = json.loads(val)
         except json.JSONDecodeError:
             values[key] = val
-    return ClevrConfig(**values)
+    try:
+        return ClevrConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UserError(f"{msg} (options: {', '.join(sorted(ClevrConfig.model_fields))})",
+                        field=f"--set {where}" if where else "--set") from None
 
 
 def _fail(exc: Exception) -> None:
@@ -36,15 +47,17 @@ def add_commands(cli: click.Group) -> None:
     @clevr.command("import")
     @click.argument("path", type=click.Path(dir_okay=False))
     @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="dataset directory")
-    @click.option("--trust-pickle", is_flag=True, help="allow loading the pickle (only for files you trust)")
+    @click.option("--trust-pickle", is_flag=True,
+                  help="allow loading the pickle (only for files you trust); same as kalm-bench --trust-pickle")
     def import_cmd(path: str, out: str, trust_pickle: bool) -> None:
         """Convert KALM's clevr_robot.npy into a kalm-bench dataset directory."""
-        from kalm_bench.errors import UserError
+        from kalm_bench.api import UserError
 
         from .data import import_kalm_dataset
 
         try:
-            ds = import_kalm_dataset(path, trust_pickle=trust_pickle)
+            # Without the flag here, the global one (or KALM_BENCH_TRUST_PICKLE) decides.
+            ds = import_kalm_dataset(path, trust_pickle=True if trust_pickle else None)
         except UserError as exc:
             _fail(exc)
         ds.save(out)
@@ -58,8 +71,8 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="print the statistics as JSON")
     def replay_cmd(dataset_dir: str, tol: float, settings: tuple[str, ...], as_json: bool) -> None:
         """Replay a dataset's action sequences in the simulator; exit 1 on a mismatch."""
-        from kalm_bench.datasets import TrajectoryDataset
-        from kalm_bench.errors import UserError
+        from kalm_bench.api import TrajectoryDataset
+        from kalm_bench.api import UserError
 
         from .data import replay_dataset
 
@@ -84,8 +97,8 @@ def add_commands(cli: click.Group) -> None:
                   help="Minari datasets directory (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
     def export_cmd(dataset_dir: str, dataset_id: str, root: str | None) -> None:
         """Export a CLEVR-Robot dataset to Minari (needs `pip install minari`)."""
-        from kalm_bench.datasets import TrajectoryDataset
-        from kalm_bench.errors import UserError
+        from kalm_bench.api import TrajectoryDataset
+        from kalm_bench.api import UserError
 
         from .data import export_minari
 
@@ -103,7 +116,7 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--set", "settings", multiple=True, help="env option KEY=VALUE")
     def cases_cmd(level: str, n: int | None, seed: int, settings: tuple[str, ...]) -> None:
         """Print a level's test cases as JSON lines."""
-        from kalm_bench.errors import UserError
+        from kalm_bench.api import UserError
 
         from .plugin import ClevrRobot
 

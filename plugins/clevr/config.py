@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from kalm_bench.api import StrictConfig
+from kalm_bench.api import StrictConfig, pickle_trusted
+
+TRUST_PICKLE_HINT = ("trust it on the command line (only for a file from a source you trust): "
+                     "kalm-bench --trust-pickle COMMAND ... or KALM_BENCH_TRUST_PICKLE=1")
+
+
+def is_pickled_goal_file(path: str | PathLike[str]) -> bool:
+    """KALM's ``.npy`` goal files are pickles; kalm-bench's ``.json`` ones are not."""
+    return Path(path).suffix == ".npy"
+
+
+def _invalid(loc: tuple[str, ...], message: str, value: Any) -> ValidationError:
+    """A validation error at ``loc`` (relative to where it is raised), so the suite error names the field."""
+    error = PydanticCustomError("clevr_config", "{message}", {"message": message})
+    return ValidationError.from_exception_data("ClevrConfig", [InitErrorDetails(type=error, loc=loc, input=value)])
 
 
 class ClevrConfig(StrictConfig):
@@ -28,8 +45,8 @@ class ClevrConfig(StrictConfig):
         "'imaginebench' = ImagineBench's BallEnv rewards."))
     goal_files: dict[str, str] = Field(default_factory=dict, description=(
         "Level -> goal file (.json in kalm-bench's format, or KALM's .npy prompt file) replacing the "
-        "level's built-in goals."))
-    trust_pickle: bool = Field(False, description="Allow loading .npy goal files (pickles) from goal_files.")
+        "level's built-in goals. A .npy file is a pickle: it is accepted only when pickles are trusted on "
+        "the command line (kalm-bench --trust-pickle, or KALM_BENCH_TRUST_PICKLE=1)."))
     compat_patches: bool = Field(True, description=(
         "Apply the two MuJoCo compatibility patches that reproduce KALM's dynamics (off = raw modern MuJoCo)."))
     expert_epsilon: float = Field(0.0, ge=0.0, le=1.0, description=(
@@ -42,4 +59,19 @@ class ClevrConfig(StrictConfig):
         bad = sorted(set(value) - set(levels))
         if bad:
             raise ValueError(f"goal_files has unknown level(s) {bad}; levels are {list(levels)}")
+        if not pickle_trusted():
+            for level, path in value.items():
+                if is_pickled_goal_file(path):
+                    raise _invalid((level,), f"{path} is a pickle, which can run code when loaded; to load "
+                                   f"it, {TRUST_PICKLE_HINT}", path)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_trust_from_files(cls, data: Any) -> Any:
+        # Trusting a pickle is the choice of the person at the command line, never of a suite or include.
+        if isinstance(data, dict) and "trust_pickle" in data:
+            raise _invalid(("trust_pickle",), "not an env option: a suite cannot trust pickles; use the "
+                           "command-line flag instead: kalm-bench --trust-pickle COMMAND ... (or "
+                           "KALM_BENCH_TRUST_PICKLE=1)", data["trust_pickle"])
+        return data

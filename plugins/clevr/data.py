@@ -19,10 +19,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kalm_bench.api import pickle_trusted
+
 from . import goals as G
 from . import language as L
 from . import physics as P
-from .config import ClevrConfig
+from .config import TRUST_PICKLE_HINT, ClevrConfig
 from .tasks import level_rng
 
 ENV_NAME = "clevr-robot"
@@ -31,7 +33,7 @@ KALM_DATASET_SHA256 = "546f04c70f06fa9e9a084c9adb6c5ef2eff97eef5d78f794ef80842ff
 
 
 def _user_error(msg: str, file: Any = None, field: str | None = None) -> Exception:
-    from kalm_bench.errors import UserError
+    from kalm_bench.api import UserError
 
     return UserError(msg, file=file, field=field)
 
@@ -47,7 +49,7 @@ def _instruction_table(goals: list[dict[str, Any]]) -> dict[str, list[str]]:
 def generate_episode(sim: P.ClevrSim, goal: dict[str, Any], rng: np.random.Generator, *, epsilon: float,
                      reward_variant: str, horizon: int = 50):
     """One expert episode for a pair goal: (states (T+1, 10), actions (T,), rewards (T,), success, s0)."""
-    from kalm_bench.datasets import Episode
+    from kalm_bench.api import Episode
 
     from .expert import PairExpert
 
@@ -125,7 +127,7 @@ def generate_dataset(n_episodes: int, seed: int, config: ClevrConfig | None = No
     depend on how the work is split: ``jobs`` > 1 generates chunks in that many processes and gives the
     same dataset. ``preset`` names a set of behaviour options (:data:`DATA_PRESETS`); options given
     explicitly override it. With ``keep_failures`` False the dataset holds only the successful episodes."""
-    from kalm_bench.datasets import TrajectoryDataset
+    from kalm_bench.api import TrajectoryDataset
 
     config = config or ClevrConfig()
     given = {k: v for k, v in (("epsilon", epsilon), ("keep_failures", keep_failures), ("horizon", horizon))
@@ -185,21 +187,24 @@ def generate_dataset(n_episodes: int, seed: int, config: ClevrConfig | None = No
 _KALM_KEYS = ("observations", "next_observations", "actions", "rewards", "masks", "goals", "instructions")
 
 
-def import_kalm_dataset(path: str | os.PathLike[str], trust_pickle: bool = False):
+def import_kalm_dataset(path: str | os.PathLike[str], trust_pickle: bool | None = None):
     """Convert KALM's ``clevr_robot.npy`` (a pickled dict) to a :class:`TrajectoryDataset`.
 
-    Loading runs the pickle, so it needs ``trust_pickle=True``. Each trajectory keeps its valid prefix
+    Loading runs the pickle, so it needs ``trust_pickle=True`` (``None``: whether pickles are trusted on the
+    command line, :func:`kalm_bench.api.pickle_trusted`). Each trajectory keeps its valid prefix
     (``masks``); its instruction is the first of its 54 phrasings, and all phrasings go to
     ``attrs["instructions_by_goal"]``. Goals become pair-goal dicts, rewards are kept as stored.
     """
-    from kalm_bench.datasets import Episode, TrajectoryDataset, sha256_file
+    from kalm_bench.api import Episode, TrajectoryDataset, sha256_file
 
     path = Path(path)
     if not path.is_file():
         raise _user_error("file does not exist", file=path)
+    if trust_pickle is None:
+        trust_pickle = pickle_trusted()
     if not trust_pickle:
         raise _user_error("KALM's .npy datasets are pickles and can run code when loaded; pass "
-                          "trust_pickle=True (--trust-pickle) only for a file from a source you trust", file=path)
+                          f"trust_pickle=True in Python, or {TRUST_PICKLE_HINT}", file=path)
     try:
         raw = np.load(path, allow_pickle=True)
         data = raw.item() if raw.dtype == object and raw.shape == () else raw
@@ -493,7 +498,7 @@ def export_minari(dataset, dataset_id: str = "kalm_bench/clevr-robot/seen-v0", r
             side.append({"id": i, "instruction": ep.instruction, "goal": ep.goal, "level": ep.level})
         from . import env as _env  # registers the Gymnasium id that Minari records
 
-        obs_space = spaces.Box(-np.inf, np.inf, (10,), np.float32)
+        obs_space = spaces.Box(_env.OBS_LOW, _env.OBS_HIGH, dtype=np.float32)  # the env's own, bounded
         with warnings.catch_warnings():
             # Minari nags about missing contact e-mail addresses; not ours to invent.
             warnings.filterwarnings("ignore", message=".*(author_email|code_permalink).*", category=UserWarning)

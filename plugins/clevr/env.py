@@ -25,6 +25,8 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from kalm_bench.api import pickle_trusted
+
 from . import goals as G
 from . import physics as P
 from .config import ClevrConfig
@@ -46,7 +48,7 @@ def goal_source(level: str, config: ClevrConfig) -> GoalSource:
     if level in config.goal_files:
         path = Path(config.goal_files[level]).expanduser()
         mtime = path.stat().st_mtime if path.exists() else 0.0
-        entries = list(_cached_goal_file(str(path), mtime, config.trust_pickle))
+        entries = list(_cached_goal_file(str(path), mtime, pickle_trusted()))
     return GoalSource(level, entries, easy_still=config.easy_still)
 
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from kalm_bench.api import Environment, EvalResult, Policy, Progress, RolloutLabels, _no_progress
+from kalm_bench.api import Environment, EvalResult, Policy, Progress, RolloutLabels, no_progress
 
 from .config import ClevrConfig
 
@@ -20,6 +20,8 @@ _LEVELS = {
 
 
 class ClevrRobot(Environment):
+
+    libraries: ClassVar[tuple[str, ...]] = ("mujoco",)
     name = "clevr-robot"
     version = "1"
     description = "CLEVR-Robot (KALM): 5 balls, 40 push actions, MuJoCo port faithful to KALM's data"
@@ -35,13 +37,16 @@ class ClevrRobot(Environment):
     action_size: ClassVar[int] = 40
     state_dim: ClassVar[int] = 10
     horizon = 50
+    case_fields: ClassVar[tuple[str, ...]] = ("instruction", "initial_state", "goal")
+    imagination_case_fields: ClassVar[tuple[str, ...]] = ("instruction", "initial_state", "goal")
+    can_label: ClassVar[bool] = True
     gym_id: ClassVar[str] = "kalm_bench/CLEVRRobot-v0"
 
     config: ClevrConfig
 
     def _check_level(self, level: str) -> None:
         if level not in self.levels:
-            from kalm_bench.errors import UserError
+            from kalm_bench.api import UserError
 
             raise UserError(f"unknown level {level!r} for {self.name} (one of {', '.join(self.levels)})",
                             field="level")
@@ -54,7 +59,7 @@ class ClevrRobot(Environment):
         return ClevrRobotEnv(level=level, config=self.config)
 
     # -- data -------------------------------------------------------------------------------------------
-    def generate_dataset(self, n_episodes: int, seed: int, progress: Progress = _no_progress,
+    def generate_dataset(self, n_episodes: int, seed: int, progress: Progress = no_progress,
                          **options: Any):
         """Expert data for the seen goals. Options: ``epsilon`` (random-push probability, default the
         config's ``expert_epsilon``), ``keep_failures`` (default True), ``horizon`` (default 50), ``jobs``
@@ -64,10 +69,17 @@ class ClevrRobot(Environment):
 
         unknown = set(options) - {"epsilon", "keep_failures", "horizon", "jobs", "preset"}
         if unknown:
-            from kalm_bench.errors import UserError
+            from kalm_bench.api import UserError
 
             raise UserError(f"unknown dataset option(s) {sorted(unknown)} for {self.name} "
                             "(epsilon, keep_failures, horizon, jobs, preset)", field="options")
+        if self.data_level in self.config.goal_files:
+            from kalm_bench.api import UserError
+
+            # The expert plays the built-in seen goals: a goal file there would change the test cases only.
+            raise UserError(f"has no effect on generated data: the expert plays the {self.data_level} level's "
+                            "built-in goals. Generate the data without it and give them with data.path, or "
+                            f"leave goal_files.{self.data_level} out", field=f"goal_files.{self.data_level}")
         return generate_dataset(n_episodes, seed, self.config, progress, **options)
 
     def test_cases(self, level: str, n: int | None = None, seed: int = 7) -> list[dict[str, Any]]:
@@ -114,6 +126,20 @@ class ClevrRobot(Environment):
                 return RolloutLabels(np.array(rewards, np.float32), t + 1, True)
         return RolloutLabels(np.array(rewards, np.float32), n, False)
 
+    def goal_of(self, case: dict[str, Any]) -> Any:
+        """The case's ``goal`` dict (its type and arguments; see ``goals.py``)."""
+        return case["goal"]
+
+    def case_for_goal(self, goal: Any) -> dict[str, Any]:
+        """``label_rollout`` reads ``case["goal"]`` only."""
+        return {"goal": goal}
+
+    def state_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The table: the observation space's per-ball x/y bounds (``env.OBS_LOW`` / ``OBS_HIGH``)."""
+        from .env import OBS_HIGH, OBS_LOW
+
+        return OBS_LOW.copy(), OBS_HIGH.copy()
+
     def realistic_states(self, states: np.ndarray) -> np.ndarray:
         """Balls on the table and not inside one another (stacking allowed; see ``realism.py``)."""
         from .realism import realistic
@@ -123,7 +149,7 @@ class ClevrRobot(Environment):
     # -- evaluation -------------------------------------------------------------------------------------
     def evaluate(self, policy: Policy, level: str, cases: Sequence[dict[str, Any]], seed: int,
                  embed: Callable[[list[str]], np.ndarray] | None = None,
-                 progress: Progress = _no_progress, batch_size: int = 128) -> EvalResult:
+                 progress: Progress = no_progress, batch_size: int = 128) -> EvalResult:
         self._check_level(level)
         return super().evaluate(policy, level, cases, seed, embed=embed, progress=progress,
                                 batch_size=batch_size)

@@ -11,7 +11,9 @@ Goal files (``goal_files: {level: path}`` in the env config) replace a level's b
   list), where ENTRY is ``{"goal": GOAL, "instructions": ["...", ...], "initial_state": [10 floats]}``
   (``initial_state`` optional: drawn from the initial-state distribution when absent).
 * ``*.npy``: KALM's released instruction files (``clevr_rephrase_prompt.npy``: keys ``instructions``,
-  ``observations``, ``goals``). These are pickles, so they load only with ``trust_pickle=True``.
+  ``observations``, ``goals``). These are pickles, which can run code when loaded, so the env loads them
+  only when the person running kalm-bench trusts pickles (``kalm-bench --trust-pickle``, or
+  ``KALM_BENCH_TRUST_PICKLE=1``: :func:`kalm_bench.api.pickle_trusted`); a suite cannot turn this on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from . import goals as G
 from . import language as L
+from .config import TRUST_PICKLE_HINT, is_pickled_goal_file
 from .physics import N_BALLS, REACH_X, REACH_Y, sample_scene
 
 LEVELS = ("seen", "rephrase", "easy", "hard")
@@ -36,7 +39,7 @@ DEFAULT_TEST_CASES = {"seen": 111, "rephrase": 111, "easy": 666, "hard": 111}
 
 
 def _error(msg: str, file: Any = None, field: str | None = None) -> Exception:
-    from kalm_bench.errors import UserError
+    from kalm_bench.api import UserError
 
     return UserError(msg, file=file, field=field)
 
@@ -58,10 +61,11 @@ class GoalEntry:
 
 
 def load_goal_file(path: str | Path, trust_pickle: bool = False) -> list[GoalEntry]:
+    """A goal file's entries; a pickled (``.npy``) one only with ``trust_pickle=True``."""
     path = Path(path)
     if not path.is_file():
         raise _error("goal file does not exist", file=path)
-    if path.suffix == ".npy":
+    if is_pickled_goal_file(path):
         return _load_kalm_prompt_file(path, trust_pickle)
     try:
         raw = json.loads(path.read_text())
@@ -105,8 +109,8 @@ def load_goal_file(path: str | Path, trust_pickle: bool = False) -> list[GoalEnt
 
 def _load_kalm_prompt_file(path: Path, trust_pickle: bool) -> list[GoalEntry]:
     if not trust_pickle:
-        raise _error("KALM .npy files are pickles and can run code when loaded; pass trust_pickle=True "
-                     "(--trust-pickle) only for files from a source you trust", file=path)
+        raise _error(f"KALM .npy files are pickles and can run code when loaded; to load it, {TRUST_PICKLE_HINT}",
+                     file=path)
     try:
         data = np.load(path, allow_pickle=True).item()
     except Exception as exc:  # corrupt / truncated / not an object array

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kalm_bench.errors import UserError
+from kalm_bench.api import UserError
 
 
 class SlotBackbone(nn.Module):

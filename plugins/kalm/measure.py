@@ -28,14 +28,16 @@ def calibration() -> float:
     return 200 / (time.perf_counter() - t)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None, *, env: Any = None, backend: Any = None,
+         tasks: list[Any] | None = None) -> dict[str, Any]:
+    """Run the measurement. ``env``, ``backend`` and ``tasks`` (components) replace ``--env``, ``--backend``
+    with ``--config`` and ``--tasks``; names given on the command line are looked up in the plugin
+    registry."""
     import torch
 
-    from kalm_bench.api import GroundingContext, ImagineContext
-    from kalm_bench.datasets import TrajectoryDataset
-    from kalm_bench.plugins import build_registry
+    from kalm_bench.api import GroundingContext, ImagineContext, TrajectoryDataset, registry
 
-    from .common import novel_levels
+    from .diagnostics import novel_levels
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--env", default="clevr-robot")
@@ -50,8 +52,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--diagnostics", type=int, default=1)
     p.add_argument("--out", default="kalm-measure")
     a = p.parse_args(argv)
-    reg = build_registry()
-    env = reg.get("envs", a.env)()
+    if env is None:
+        env = registry().get("envs", a.env)()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"calibration_matmul256_it_s": calibration(), "threads": torch.get_num_threads(),
@@ -66,8 +68,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["dataset_min"] = (time.perf_counter() - t) / 60
     res["dataset"] = {"episodes": ds.n_episodes, "transitions": ds.n_transitions,
                       "success": float(ds.success.mean()), "mean_len": float(ds.lengths.mean())}
-    backend = reg.get("llm_backends", a.backend)(json.loads(a.config))
-    tasks = [reg.get("grounding_tasks", n)() for n in a.tasks.split(",")]
+    if backend is None:
+        backend = registry().get("llm_backends", a.backend)(json.loads(a.config))
+    if tasks is None:
+        tasks = [registry().get("grounding_tasks", n)() for n in a.tasks.split(",")]
     wd = out / "model"
     shutil.rmtree(wd, ignore_errors=True)
     wd.mkdir()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from kalm_bench.api import Policy, PolicyBatch
-from kalm_bench.errors import UserError
+from kalm_bench.api import UserError
 
 from .tasks import action as action_seg
 from .tasks import generation_prefix

@@ -1,6 +1,8 @@
 """Import KALM's released CLEVR files (``clevr_robot.npy``, ``clevr_rephrase_prompt.npy``).
 
-They are numpy pickles, so loading needs ``trust_pickle=True``: only pass files of known origin.
+They are numpy pickles, so loading needs ``trust_pickle=True``, or pickles trusted on the command line
+(``kalm-bench --trust-pickle``, ``KALM_BENCH_TRUST_PICKLE=1``) with ``trust_pickle=None``: only for files of
+known origin.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from kalm_bench.errors import UserError
+from kalm_bench.api import UserError
 
 
-def _load_pickled_dict(path: str | os.PathLike[str], trust_pickle: bool, keys: tuple[str, ...]) -> dict:
+def _load_pickled_dict(path: str | os.PathLike[str], trust_pickle: bool | None, keys: tuple[str, ...]) -> dict:
     path = Path(path)
+    if trust_pickle is None:
+        from kalm_bench.api import pickle_trusted
+
+        trust_pickle = pickle_trusted()
     if not trust_pickle:
         raise UserError("this file is a numpy pickle; pass trust_pickle=True only for a file of known origin",
                         file=path, field="trust_pickle")
@@ -33,11 +39,11 @@ def _load_pickled_dict(path: str | os.PathLike[str], trust_pickle: bool, keys: t
     return d
 
 
-def load_clevr_dataset(path: str | os.PathLike[str], *, trust_pickle: bool = False,
+def load_clevr_dataset(path: str | os.PathLike[str], *, trust_pickle: bool | None = None,
                        phrasings_per_trajectory: int = 1, seed: int = 0, env: str = "clevr-robot",
                        level: str = "seen") -> Any:
     """``clevr_robot.npy`` → TrajectoryDataset; each trajectory is repeated with that many phrasings."""
-    from kalm_bench.datasets import Episode, TrajectoryDataset
+    from kalm_bench.api import Episode, TrajectoryDataset
 
     d = _load_pickled_dict(path, trust_pickle, ("observations", "next_observations", "actions", "rewards",
                                                 "masks", "instructions", "goals", "terminals"))
@@ -57,7 +63,7 @@ def load_clevr_dataset(path: str | os.PathLike[str], *, trust_pickle: bool = Fal
                                            seed=seed, source=f"kalm:{Path(path).name}")
 
 
-def load_clevr_prompts(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> list[dict[str, Any]]:
+def load_clevr_prompts(path: str | os.PathLike[str], *, trust_pickle: bool | None = None) -> list[dict[str, Any]]:
     """``clevr_rephrase_prompt.npy`` → goal dicts (instruction, initial_state, goal) for imagination."""
     d = _load_pickled_dict(path, trust_pickle, ("instructions", "observations", "goals"))
     return [{"instruction": str(np.asarray(inst).reshape(-1)[0]),

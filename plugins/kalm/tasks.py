@@ -33,7 +33,7 @@ import numpy as np
 from kalm_bench.api import GroundingTask, StrictConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kalm_bench.datasets import TrajectoryDataset
+    from kalm_bench.api import TrajectoryDataset
 
 GENERATION_PREFIX = "Translate the textual instruction to state/action trajectory.\nInstruction: "
 GENERATION_MID = ".\nTrajectory:"

@@ -23,7 +23,7 @@ def add_commands(cli: click.Group) -> None:
         """Convert KALM's meta_world.npy into a kalm-bench trajectory dataset."""
         from .data import import_kalm_npy
 
-        ds = import_kalm_npy(path, trust_pickle=trust_pickle)
+        ds = import_kalm_npy(path, trust_pickle=True if trust_pickle else None)
         ds.save(out)
         click.echo(f"wrote {ds.n_episodes} episodes, {ds.n_transitions} transitions to {out}")
 
@@ -38,7 +38,7 @@ def add_commands(cli: click.Group) -> None:
     def check_cmd(episodes: int, tasks: tuple[str, ...], levels: tuple[str, ...], horizon: int, noise: float,
                   seed: int, as_json: bool) -> None:
         """Run each task's scripted policy and print its success rate."""
-        from kalm_bench.errors import UserError
+        from kalm_bench.api import UserError
 
         from .data import check_scripted
         from .tasks import ALL_TASKS, LEVEL_TASKS

@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from kalm_bench.datasets import Episode, TrajectoryDataset
-from kalm_bench.errors import UserError
+from kalm_bench.api import Episode, TrajectoryDataset
+from kalm_bench.api import UserError
 
 from .tasks import SEEN_TASKS, STATE_DIM
 
 Progress = Callable[[int, int], None]
 
 
-def _no_progress(done: int, total: int) -> None:
+def _quiet(done: int, total: int) -> None:
     return None
 
 
@@ -73,7 +73,7 @@ def scripted_rollout(env: Any, task: str, rng: np.random.Generator, *, horizon: 
 def generate_scripted_dataset(n_episodes: int, seed: int, instructions: Mapping[str, Sequence[str]], *,
                               tasks: Sequence[str] = SEEN_TASKS, horizon: int = 100, noise: float = 0.1,
                               level: str = "seen", env_name: str = "metaworld", version: str = "",
-                              progress: Progress = _no_progress) -> TrajectoryDataset:
+                              progress: Progress = _quiet) -> TrajectoryDataset:
     """``n_episodes`` scripted episodes in total, tasks taken round-robin (episode i plays
     ``tasks[i % len(tasks)]``), each with an instruction drawn from that task's list.
 
@@ -117,19 +117,25 @@ _KALM_KEYS = ("observations", "next_observations", "actions", "rewards", "masks"
               "env_names", "instructions")
 
 
-def import_kalm_npy(path: str | Path, *, trust_pickle: bool = False, env_name: str = "metaworld",
+def import_kalm_npy(path: str | Path, *, trust_pickle: bool | None = None, env_name: str = "metaworld",
                     instruction_index: int = 0) -> TrajectoryDataset:
     """Convert KALM's ``data/meta_world.npy`` (a pickled dict) into a :class:`TrajectoryDataset`.
 
-    The file is a pickle: it is only loaded with ``trust_pickle=True``. Each trajectory becomes one
+    The file is a pickle: it is only loaded with ``trust_pickle=True``, or when pickles are trusted on the
+    command line (``kalm-bench --trust-pickle``, ``KALM_BENCH_TRUST_PICKLE=1``) and ``trust_pickle`` is None.
+    Each trajectory becomes one
     episode with its valid steps (``masks``); its instruction is the ``instruction_index``-th of its 20
     (all 20 are kept in the goal JSON under ``"instructions"``). States are KALM's 91-d slots, which
     are the same layout as this plugin's.
     """
     path = Path(path)
+    if trust_pickle is None:
+        from kalm_bench.api import pickle_trusted
+
+        trust_pickle = pickle_trusted()
     if not trust_pickle:
         raise UserError("this .npy holds a pickled dict; loading it can run arbitrary code. Pass "
-                        "trust_pickle=True (CLI: --trust-pickle) only for a file you trust", file=path)
+                        "--trust-pickle (or set KALM_BENCH_TRUST_PICKLE=1) only for a file you trust", file=path)
     if not path.is_file():
         raise UserError("file does not exist", file=path)
     try:
@@ -189,7 +195,7 @@ def import_kalm_npy(path: str | Path, *, trust_pickle: bool = False, env_name: s
 
 
 def check_scripted(tasks: Sequence[str], episodes: int, seed: int = 0, *, horizon: int = 100,
-                   noise: float = 0.0, progress: Progress = _no_progress) -> list[dict[str, Any]]:
+                   noise: float = 0.0, progress: Progress = _quiet) -> list[dict[str, Any]]:
     """Run each task's scripted policy for ``episodes`` random resets; per task: successes, rate,
     mean steps of successful episodes, environment steps per second."""
     from .gym_env import KalmMetaworldEnv

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from kalm_bench.api import Environment, Progress, RolloutLabels, StrictConfig, _no_progress
-from kalm_bench.errors import UserError
+from kalm_bench.api import Environment, Progress, RolloutLabels, StrictConfig, no_progress
+from kalm_bench.api import UserError
 
 from .tasks import LEVEL_DESCRIPTIONS, LEVEL_TASKS, SEEN_TASKS, STATE_DIM, tasks_of
 
@@ -32,8 +32,18 @@ class MetaworldConfig(StrictConfig):
                                                              "(default: horizon)")
 
 
+class _DataOptions(StrictConfig):
+    """``data.options`` of generated Meta-world data (see ``MetaworldEnvironment.generate_dataset``)."""
+
+    tasks: list[str] | None = None
+    noise: float | None = Field(None, ge=0.0)
+    horizon: int | None = Field(None, ge=1)
+
+
 class MetaworldEnvironment(Environment):
     """Meta-world (Sawyer arm) with KALM's seen / rephrase / easy / hard task levels."""
+
+    libraries: ClassVar[tuple[str, ...]] = ("metaworld", "mujoco")
 
     name: ClassVar[str] = "metaworld"
     version: ClassVar[str] = "1"
@@ -42,7 +52,13 @@ class MetaworldEnvironment(Environment):
     Config: ClassVar[type[StrictConfig]] = MetaworldConfig
     levels: ClassVar[dict[str, str]] = dict(LEVEL_DESCRIPTIONS)
     action_kind: ClassVar[str] = "continuous"
+    action_size: ClassVar[int] = 4  # hand x/y/z displacement and gripper effort
+    state_dim: ClassVar[int] = STATE_DIM
     horizon: ClassVar[int] = 100
+    case_fields: ClassVar[tuple[str, ...]] = ("task", "instruction", "level", "rand_vec", "distractor",
+                                              "initial_state")
+    imagination_case_fields: ClassVar[tuple[str, ...]] = ("task", "instruction", "initial_state")
+    can_label: ClassVar[bool] = True
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"distractor": True, "horizon": 100},
         "clean": {"distractor": False, "horizon": 100},
@@ -148,13 +164,27 @@ class MetaworldEnvironment(Environment):
         rewards, end, success = label(case["task"], states)
         return RolloutLabels(rewards=rewards, end=end, success=success)
 
+    def goal_of(self, case: dict[str, Any]) -> Any:
+        """The case without its initial state: the task, instruction, level, reset vector and distractor."""
+        return {k: v for k, v in case.items() if k != "initial_state"}
+
+    def case_for_goal(self, goal: Any) -> dict[str, Any]:
+        """``label_rollout`` reads the goal's ``task``."""
+        return dict(goal)
+
+    def state_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The workspace box of every entity slot (see ``realism.state_bounds``)."""
+        from .realism import state_bounds
+
+        return state_bounds()
+
     def realistic_states(self, states: np.ndarray) -> np.ndarray:
         """Hand and objects inside the workspace, nothing below the table or floating (see ``realism.py``)."""
         from .realism import realistic
 
         return realistic(states)
 
-    def generate_dataset(self, n_episodes: int, seed: int, progress: Progress = _no_progress,
+    def generate_dataset(self, n_episodes: int, seed: int, progress: Progress = no_progress,
                          **options: Any):
         """``n_episodes`` scripted episodes in total over the 10 seen tasks (round-robin), instructions
         from the seen lists. Options: ``tasks`` (subset of the seen tasks), ``noise``, ``horizon``."""
@@ -164,9 +194,15 @@ class MetaworldEnvironment(Environment):
         if unknown:
             raise UserError(f"unknown dataset option(s) {sorted(unknown)} (known: tasks, noise, horizon)",
                             field="options")
-        tasks = tuple(options.get("tasks") or SEEN_TASKS)
-        noise = float(options.get("noise", self.config.data_noise))
-        horizon = int(options.get("horizon") or self.config.data_horizon or self.horizon)
+        try:
+            opts = _DataOptions(**options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise UserError(f"{err['msg']} (got {err.get('input')!r})", field=f"options.{where}") from None
+        tasks = tuple(opts.tasks or SEEN_TASKS)
+        noise = float(self.config.data_noise if opts.noise is None else opts.noise)
+        horizon = int(opts.horizon or self.config.data_horizon or self.horizon)
         return generate_scripted_dataset(n_episodes, seed, self.instruction_table["seen"], tasks=tasks,
                                          horizon=horizon, noise=noise, env_name=self.name,
                                          version=self.version, progress=progress)

@@ -15,6 +15,7 @@ import gymnasium
 import numpy as np
 
 from . import sim
+from .realism import state_bounds
 from .tasks import STATE_DIM, TASK_ENTITIES, slot, slot_state, tasks_of, unused_entities
 
 SUCCESS_REWARD = 10.0
@@ -53,7 +54,11 @@ class KalmMetaworldEnv(gymnasium.Env):
             if embedding_dim is None:
                 embedding_dim = int(np.asarray(embed(["probe"])).shape[-1])
             dim += int(embedding_dim)
-        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+        low, high = state_bounds()
+        if dim > STATE_DIM:  # a sentence embedding: unit-norm vectors, every entry in [-1, 1]
+            low = np.concatenate([low, np.full(dim - STATE_DIM, -1.0, np.float32)])
+            high = np.concatenate([high, np.full(dim - STATE_DIM, 1.0, np.float32)])
+        self.observation_space = gymnasium.spaces.Box(low, high, dtype=np.float32)
         self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (4,), np.float32)
         self._sims: dict[str, Any] = {}
         self._sim: Any = None
@@ -179,3 +184,12 @@ def build_distractor_bank(n_per_task: int = 100, seed: int = 0,
         if progress is not None:
             progress(k + 1, len(standard))
     return {ent: np.stack(v).astype(np.float32) for ent, v in sorted(pools.items())}
+
+
+def make_env(level: str = "seen", config: dict[str, Any] | None = None,
+             embed: Callable[[list[str]], np.ndarray] | None = None) -> KalmMetaworldEnv:
+    """The Gymnasium entry point of ``kalm_bench/MetaWorld-v0``: a level of the ``metaworld`` environment
+    with ``config`` (the suite's ``env.config``) applied."""
+    from .environment import MetaworldEnvironment
+
+    return MetaworldEnvironment(config or {}).make(level, embed=embed)

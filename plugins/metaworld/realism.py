@@ -86,3 +86,24 @@ def realistic(states: np.ndarray) -> np.ndarray:
             supported |= held & (z <= HAND_HIGH[2])
         ok &= ~present | (placed & supported)
     return ok
+
+
+def state_bounds() -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension bounds of the 91-d state (the Gymnasium observation space), wide enough for every
+    realistic state and for the zeros of absent entities: the hand inside its workspace, the gripper
+    opening, every position over the table (x ``TABLE_X``, y from 0 for an absent slot to ``TABLE_Y``'s
+    end, z from ``OBJECT_Z_MIN`` to the hand's ceiling, which a carried entity can reach), quaternions in
+    [-1, 1]. The goal slot gets the same box as an entity's position."""
+    low = np.zeros(7 + 7 * len(ENTITIES), np.float32)
+    high = np.zeros_like(low)
+    low[0:3], high[0:3] = HAND_LOW, HAND_HIGH
+    low[3], high[3] = GRIPPER_RANGE
+    position_low = np.array([TABLE_X[0], -ABSENT, OBJECT_Z_MIN])
+    position_high = np.array([TABLE_X[1], TABLE_Y[1], HAND_HIGH[2]])
+    start, _ = SLOTS["target_location"]
+    low[start:start + 3], high[start:start + 3] = position_low, position_high
+    for entity in ENTITIES:
+        start, _ = SLOTS[entity]
+        low[start:start + 3], high[start:start + 3] = position_low, position_high
+        low[start + 3:start + 7], high[start + 3:start + 7] = -1.0, 1.0
+    return low, high

@@ -31,8 +31,14 @@ class D3rlpyConfig(StrictConfig):
 
     d3rlpy_config: ClassVar[str] = ""
     """Name of the d3rlpy config dataclass (in ``d3rlpy.algos``) the algorithm is built from."""
-    d3rlpy_fields: ClassVar[tuple[str, ...]] = ()
-    """Every field of that dataclass (kept in sync with d3rlpy by ``tests/offline_rl``)."""
+
+    @classmethod
+    def passed_fields(cls) -> tuple[str, ...]:
+        """The d3rlpy fields this config sets (its options of the same names) or lets ``d3rlpy`` override:
+        every field of the dataclass, read from d3rlpy (imports it)."""
+        from kalm_bench_plugins.d3rlpy_layer import d3rlpy_fields
+
+        return d3rlpy_fields(cls.d3rlpy_config)
 
     batch_size: int = Field(256, ge=1, description="transitions per gradient step (real + imaginary)")
     gamma: float = Field(0.99, ge=0.0, le=1.0, description="discount factor")
@@ -61,11 +67,11 @@ class D3rlpyConfig(StrictConfig):
             if key in own:
                 raise ValueError(f"d3rlpy.{key}: {key!r} is an option of this algorithm; set it directly "
                                  f"instead of under 'd3rlpy'")
-            if key not in self.d3rlpy_fields:
+            if key not in self.passed_fields():
                 raise ValueError(f"d3rlpy.{key}: unknown field of d3rlpy {self.d3rlpy_config}; valid: "
-                                 f"{', '.join(sorted(set(self.d3rlpy_fields) - own))}")
+                                 f"{', '.join(sorted(set(self.passed_fields()) - own))}")
         # Values are checked by d3rlpy itself; this imports d3rlpy, so only when something is overridden.
-        from .trainer import build_d3rlpy_config
+        from kalm_bench_plugins.d3rlpy_layer import build_d3rlpy_config
 
         build_d3rlpy_config(self)
         return self
@@ -73,6 +79,8 @@ class D3rlpyConfig(StrictConfig):
 
 class D3rlpyAlgorithm(Algorithm):
     """Base of the d3rlpy-backed algorithms: the policy input is state ⊕ instruction embedding."""
+
+    libraries: ClassVar[tuple[str, ...]] = ("d3rlpy", "torch")
 
     version: ClassVar[str] = "1"
     default_preset: ClassVar[str | None] = "paper"
@@ -94,9 +102,6 @@ class D3rlpyAlgorithm(Algorithm):
 
 class DiscreteBCConfig(D3rlpyConfig):
     d3rlpy_config: ClassVar[str] = "DiscreteBCConfig"
-    d3rlpy_fields: ClassVar[tuple[str, ...]] = (
-        "batch_size", "gamma", "observation_scaler", "action_scaler", "reward_scaler", "compile_graph",
-        "learning_rate", "optim_factory", "encoder_factory", "beta")
 
     batch_size: int = Field(100, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
@@ -123,10 +128,6 @@ class DiscreteBC(D3rlpyAlgorithm):
 
 class DiscreteCQLConfig(D3rlpyConfig):
     d3rlpy_config: ClassVar[str] = "DiscreteCQLConfig"
-    d3rlpy_fields: ClassVar[tuple[str, ...]] = (
-        "batch_size", "gamma", "observation_scaler", "action_scaler", "reward_scaler", "compile_graph",
-        "learning_rate", "optim_factory", "encoder_factory", "q_func_factory", "n_critics",
-        "target_update_interval", "alpha")
 
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(6.25e-5, gt=0)
@@ -160,9 +161,6 @@ class DiscreteCQL(D3rlpyAlgorithm):
 
 class BCConfig(D3rlpyConfig):
     d3rlpy_config: ClassVar[str] = "BCConfig"
-    d3rlpy_fields: ClassVar[tuple[str, ...]] = (
-        "batch_size", "gamma", "observation_scaler", "action_scaler", "reward_scaler", "compile_graph",
-        "learning_rate", "policy_type", "optim_factory", "encoder_factory")
 
     batch_size: int = Field(100, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
@@ -190,13 +188,6 @@ class _ActorCriticConfig(D3rlpyConfig):
 
 class CQLConfig(_ActorCriticConfig):
     d3rlpy_config: ClassVar[str] = "CQLConfig"
-    d3rlpy_fields: ClassVar[tuple[str, ...]] = (
-        "batch_size", "gamma", "observation_scaler", "action_scaler", "reward_scaler", "compile_graph",
-        "actor_learning_rate", "critic_learning_rate", "temp_learning_rate", "alpha_learning_rate",
-        "actor_optim_factory", "critic_optim_factory", "temp_optim_factory", "alpha_optim_factory",
-        "actor_encoder_factory", "critic_encoder_factory", "q_func_factory", "tau", "n_critics",
-        "initial_temperature", "initial_alpha", "alpha_threshold", "conservative_weight", "n_action_samples",
-        "soft_q_backup", "max_q_backup")
 
     batch_size: int = Field(32, ge=1)
     actor_learning_rate: float = Field(6.25e-5, gt=0)
@@ -225,11 +216,6 @@ class CQL(D3rlpyAlgorithm):
 
 class TD3PlusBCConfig(_ActorCriticConfig):
     d3rlpy_config: ClassVar[str] = "TD3PlusBCConfig"
-    d3rlpy_fields: ClassVar[tuple[str, ...]] = (
-        "batch_size", "gamma", "observation_scaler", "action_scaler", "reward_scaler", "compile_graph",
-        "actor_learning_rate", "critic_learning_rate", "actor_optim_factory", "critic_optim_factory",
-        "actor_encoder_factory", "critic_encoder_factory", "q_func_factory", "tau", "n_critics",
-        "target_smoothing_sigma", "target_smoothing_clip", "alpha", "update_actor_interval")
 
     batch_size: int = Field(256, ge=1)
     alpha: float = Field(0.5, gt=0, description="weight of the Q term against the BC term")
@@ -254,11 +240,6 @@ class TD3PlusBC(D3rlpyAlgorithm):
 
 class AWACConfig(_ActorCriticConfig):
     d3rlpy_config: ClassVar[str] = "AWACConfig"
-    d3rlpy_fields: ClassVar[tuple[str, ...]] = (
-        "batch_size", "gamma", "observation_scaler", "action_scaler", "reward_scaler", "compile_graph",
-        "actor_learning_rate", "critic_learning_rate", "actor_optim_factory", "critic_optim_factory",
-        "actor_encoder_factory", "critic_encoder_factory", "q_func_factory", "tau", "lam",
-        "n_action_samples", "n_critics")
 
     batch_size: int = Field(1024, ge=1)
     lam: float = Field(1.0, gt=0, description="temperature λ of the advantage weights")
@@ -281,11 +262,6 @@ class AWAC(D3rlpyAlgorithm):
 
 class IQLConfig(_ActorCriticConfig):
     d3rlpy_config: ClassVar[str] = "IQLConfig"
-    d3rlpy_fields: ClassVar[tuple[str, ...]] = (
-        "batch_size", "gamma", "observation_scaler", "action_scaler", "reward_scaler", "compile_graph",
-        "actor_learning_rate", "critic_learning_rate", "actor_optim_factory", "critic_optim_factory",
-        "actor_encoder_factory", "critic_encoder_factory", "value_encoder_factory", "tau", "n_critics",
-        "expectile", "weight_temp", "max_weight")
 
     batch_size: int = Field(256, ge=1)
     expectile: float = Field(0.7, gt=0, lt=1)

@@ -164,12 +164,3 @@ class TransitionSampler:
 
     def sample(self) -> TorchTransitionBatch:
         return self.gather(self.sample_indices())
-
-
-def split_batch(batch_size: int, imaginary_fraction: float, has_imaginary: bool) -> tuple[int, int]:
-    """Rows per batch from (real, imaginary): all real without imaginary data."""
-    if not has_imaginary or imaginary_fraction <= 0:
-        return batch_size, 0
-    n_imag = int(round(batch_size * float(imaginary_fraction)))
-    n_imag = min(max(n_imag, 1), batch_size)
-    return batch_size - n_imag, n_imag

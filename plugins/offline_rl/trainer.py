@@ -8,9 +8,8 @@ The loop is d3rlpy's own ``fit`` minus its per-transition Python sampler: the d3
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import random
+import logging
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,61 +19,42 @@ import d3rlpy
 import numpy as np
 import torch
 from d3rlpy.base import LearnableConfigWithShape
-from d3rlpy.models.encoders import VectorEncoderFactory
 from d3rlpy.torch_utility import TorchMiniBatch, map_location
 
 from kalm_bench.api import Policy, PolicyBatch, TrainContext, TransitionData
-from kalm_bench.errors import UserError
+from kalm_bench.api import UserError
 
-from .sampler import TorchTransitionBatch, TransitionSampler, episode_last_rows, split_batch
+from kalm_bench_plugins.d3rlpy_layer import (
+    META_FILE,
+    build_d3rlpy_config,
+    check_d3rlpy_config,
+    check_train_inputs,
+    continue_training,
+    end_training_state,
+    impl_counters,
+    module_states,
+    policy_device,
+    read_policy_meta,
+    save_training_state,
+    seed_everything,
+    split_batch,
+    write_policy_files,
+)
+
+from .sampler import TorchTransitionBatch, TransitionSampler, episode_last_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from d3rlpy.algos.qlearning.base import QLearningAlgoBase
 
     from .algorithms import D3rlpyAlgorithm, D3rlpyConfig
 
-META_FILE = "policy.json"
 WEIGHTS_FILE = "modules.pt"
 FORMAT = "kalm-bench-d3rlpy-policy"
+LOG = logging.getLogger("kalm_bench")
 
 
 # -------------------------------------------------------------------------------------------------------
 # d3rlpy configs
-
-
-# The config's scaler names → d3rlpy scalers (unfitted: ``train`` fits them on the training data).
-OBSERVATION_SCALERS = {"none": lambda: None, "standard": d3rlpy.preprocessing.StandardObservationScaler,
-                       "min_max": d3rlpy.preprocessing.MinMaxObservationScaler}
-
-
-def _config_class(cfg: D3rlpyConfig) -> type:
-    return getattr(d3rlpy.algos, cfg.d3rlpy_config)
-
-
-def build_d3rlpy_config(cfg: D3rlpyConfig) -> Any:
-    """The d3rlpy config: d3rlpy defaults < this plugin's options < the ``d3rlpy`` overrides."""
-    cls = _config_class(cfg)
-    own = {k: getattr(cfg, k) for k in type(cfg).model_fields if k in cfg.d3rlpy_fields}
-    for k in cfg.d3rlpy_fields:
-        if k.endswith("encoder_factory"):
-            own[k] = VectorEncoderFactory(hidden_units=list(cfg.hidden_units), activation="relu")
-    # Set last: d3rlpy cannot serialise a scaler before it is fitted, and the overrides go through JSON.
-    # Configs without the option (the Decision Transformers, fed hand-built trajectories) get none.
-    scaler = OBSERVATION_SCALERS[getattr(cfg, "observation_scaler", "none")]()
-    own.pop("observation_scaler", None)
-    base = cls(**own)
-    if cfg.d3rlpy:
-        values = base.serialize_to_dict()
-        for key, value in cfg.d3rlpy.items():
-            trial = dict(values, **{key: value})
-            try:
-                cls.deserialize_from_dict(trial)
-            except Exception as exc:  # dataclasses_json raises a zoo of types for a bad value
-                raise ValueError(f"d3rlpy.{key}: invalid value {value!r} for d3rlpy {cfg.d3rlpy_config} "
-                                 f"({type(exc).__name__}: {exc})") from None
-            values = trial
-        base = cls.deserialize_from_dict(values)
-    return dataclasses.replace(base, observation_scaler=scaler) if scaler is not None else base
 
 
 def build_algo(cfg: D3rlpyConfig) -> QLearningAlgoBase:
@@ -160,49 +140,6 @@ class D3rlpyPolicy(Policy):
         write_policy_files(Path(path), self.states, self.meta, self.config_json, FORMAT, WEIGHTS_FILE)
 
 
-def write_policy_files(path: Path, state: Any, meta: dict[str, Any], config_json: str, fmt: str,
-                       weights_file: str) -> None:
-    """Weights (``torch.save`` of tensors only, loaded with ``weights_only=True``) plus JSON metadata."""
-    path.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path / weights_file)
-    meta = dict(meta, format=fmt, d3rlpy_version=d3rlpy.__version__, d3rlpy_config=json.loads(config_json))
-    (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-
-
-def read_policy_meta(mpath: Path, fmt: str, what: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The checked JSON metadata of a saved policy (shared with other d3rlpy-based plugins)."""
-    try:
-        meta = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise UserError("policy metadata is missing", file=mpath) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"corrupt policy metadata ({exc.msg} at line {exc.lineno})", file=mpath) from None
-    if not isinstance(meta, dict) or meta.get("format") != fmt:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise UserError(f"not a {what} written by kalm-bench (format={found!r})", file=mpath, field="format")
-    for key in required:
-        if key not in meta:
-            raise UserError(f"field {key} is missing", file=mpath, field=key)
-    return meta
-
-
-def policy_device(meta: dict[str, Any], device: str | None) -> str:
-    """The requested device, else the one the policy was trained on, falling back to CPU without CUDA."""
-    if device is None:
-        device = str(meta.get("device", "cpu:0"))
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            device = "cpu:0"
-    return device
-
-
-def check_d3rlpy_config(config_json: str, mpath: Path, device: str) -> None:
-    try:
-        LearnableConfigWithShape.deserialize(config_json).config.create(device=device)
-    except Exception as exc:
-        raise UserError(f"unreadable d3rlpy config ({type(exc).__name__}: {exc})", file=mpath,
-                        field="d3rlpy_config") from None
-
-
 def load_policy(path: Path, device: str | None = None) -> D3rlpyPolicy:
     """Load a policy directory written by :meth:`D3rlpyPolicy.save` (no pickle: JSON + torch weights)."""
     path = Path(path)
@@ -231,13 +168,6 @@ def snapshot(algo: QLearningAlgoBase, config_json: str, action_kind: str, meta: 
 
 # -------------------------------------------------------------------------------------------------------
 # Training
-
-
-def seed_everything(seed: int) -> None:
-    d3rlpy.seed(seed)  # random, numpy, torch (+ cudnn deterministic)
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def _picked_observation_chunks(parts: list[TransitionData], rows: int = 65536) -> Iterator[np.ndarray]:
@@ -303,15 +233,6 @@ def _fit_scalers(algo: QLearningAlgoBase, data: list[TransitionData], action_kin
     build_scalers_with_transition_picker(algo, dataset)
 
 
-def check_train_inputs(algorithm: Any, ctx: TrainContext) -> None:
-    """Fail early, naming the suite field, on data this algorithm cannot train on."""
-    if ctx.action_kind not in algorithm.action_kinds:
-        raise UserError(f"algorithm {algorithm.name!r} needs {' or '.join(algorithm.action_kinds)} actions, "
-                        f"the environment has {ctx.action_kind} ones", field="algorithms")
-    if len(ctx.real) == 0:
-        raise UserError("the real dataset has no transitions", field="data")
-
-
 def train(algorithm: D3rlpyAlgorithm, ctx: TrainContext) -> None:
     cfg: D3rlpyConfig = algorithm.config  # type: ignore[assignment]
     check_train_inputs(algorithm, ctx)
@@ -340,8 +261,8 @@ def train(algorithm: D3rlpyAlgorithm, ctx: TrainContext) -> None:
             "batch": {"real": n_real, "imaginary": n_imag}}
     checkpoints = set(ctx.checkpoint_steps())
     every = max(1, min(100, ctx.steps // 100 or 1))
-    losses: dict[str, deque[float]] = {}
-    for step in range(1, ctx.steps + 1):
+    first, losses = continue_training(algorithm, ctx, algo, sampler, device)  # after a kill, if any
+    for step in range(first, ctx.steps + 1):
         loss = update(algo, sampler.sample())
         for k, v in loss.items():
             losses.setdefault(k, deque(maxlen=1000)).append(float(v))
@@ -350,5 +271,9 @@ def train(algorithm: D3rlpyAlgorithm, ctx: TrainContext) -> None:
             meta["loss"] = {k: float(np.mean(v)) for k, v in losses.items()}
             ctx.log(step, meta["loss"])  # mean of the last 1000 updates, into the run's record
             ctx.save_checkpoint(step, snapshot(algo, config_json, ctx.action_kind, meta))
+            save_training_state(algorithm, ctx, step, {
+                "modules": module_states(algo), "grad_step": int(algo.grad_step), "counters": impl_counters(algo),
+                "sampler_rng": sampler.rng.bit_generator.state, "losses": {k: list(v) for k, v in losses.items()}})
         if step % every == 0 or step == ctx.steps:
             ctx.progress(step, ctx.steps)
+    end_training_state(ctx)

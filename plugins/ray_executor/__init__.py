@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from kalm_bench import hookimpl
-from kalm_bench.api import Executor, StrictConfig
-from kalm_bench.errors import UserError
+from kalm_bench.api import TRUST_PICKLE_ENV, Executor, ItemLost, StrictConfig
+from kalm_bench.api import UserError
 
 _FORWARDED = ("KALM_BENCH_CACHE", "KALM_BENCH_LOAD_PLUGINS", "KALM_BENCH_PLUGIN_MODULES", "KALM_BENCH_STRICT_PLUGINS",
-              "PYTHONPATH")
+              TRUST_PICKLE_ENV, "PYTHONPATH")
 
 
 class RayExecutor(Executor):
@@ -51,11 +51,17 @@ class RayExecutor(Executor):
             started_here = True
         try:
             remote = ray.remote(num_cpus=self.config.cpus_per_job, max_retries=0)(fn)
-            pending = [remote.remote(item) for item in items]
+            pending = {remote.remote(item): item for item in items}
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+                done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    yield ray.get(ref)
+                    item = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except Exception as exc:  # the task raised, or its worker died: this item fails, the rest go on
+                        text = " ".join(str(exc).split())[:300]
+                        result = ItemLost(item, f"the Ray task failed ({type(exc).__name__}: {text})")
+                    yield result
         finally:
             if started_here:
                 ray.shutdown()

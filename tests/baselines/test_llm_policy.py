@@ -75,7 +75,7 @@ def _logged(policy):
 
 def _imagined(backend, wd, env, n=6, steps=5):
     """Rollouts the model generates itself: fed back as 'real' history, the policy must pick the same actions."""
-    engine = backend._engine(wd)
+    engine = backend.engine(wd)
     cases = env.test_cases("seen", n, 0)
     insts = [c["instruction"] for c in cases]
     s0 = np.stack([np.asarray(c["initial_state"], np.float32) for c in cases])
@@ -177,11 +177,11 @@ def test_continuous_actions_decode_with_the_normaliser(registry, tmp_path):
                            rewards=np.zeros(n, np.float32), instruction=f"reach target {i % 3}.",
                            goal={"g": i % 3}, level="seen", success=True))
     ds = TrajectoryDataset.from_episodes(eps, env="toy", action_kind="continuous", action_size=2)
-    env = types.SimpleNamespace(name="toy", action_kind="continuous", horizon=6)
+    env = types.SimpleNamespace(name="toy", action_kind="continuous", horizon=6, can_label=False)
     backend = registry.get("llm_backends", "embedded")(dict(TINY, epochs=30))
     backend.ground(GroundingContext(ds, env, kalm_tasks(), 0, tmp_path))
     policy = backend.policy(tmp_path, env)
-    engine = backend._engine(tmp_path)
+    engine = backend.engine(tmp_path)
     insts = ["reach target 0.", "reach target 1."]
     ro = engine.generate(insts, ds.states[:2], 3, None, 2)
     for t in range(3):

@@ -156,6 +156,8 @@ def test_export_minari(small_ds, tmp_path):
     minari = pytest.importorskip("minari")
     mds = D.export_minari(small_ds, "kalm_bench/clevr-robot/test-v0", root=tmp_path)
     assert mds.total_episodes == small_ds.n_episodes
+    space = mds.observation_space  # the env's real, bounded space, not an unbounded Box
+    assert np.isfinite(space.low).all() and np.isfinite(space.high).all() and space.shape == (10,)
     assert mds.total_steps == small_ds.n_transitions
     ep = next(mds.iterate_episodes([0]))
     first = small_ds.episode(0)

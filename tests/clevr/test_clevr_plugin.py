@@ -101,10 +101,12 @@ def test_random_policy_evaluation_runs_a_level(benchmark):
     benchmark.extra_info["env_steps"] = int(result.lengths.sum())
 
 
-def test_kalm_prompt_file_as_rephrase_goals(kalm_prompt_npy):
-    with pytest.raises(UserError, match="trust_pickle"):
-        ClevrRobot({"goal_files": {"rephrase": str(kalm_prompt_npy)}}).test_cases("rephrase", 3)
-    env = ClevrRobot({"goal_files": {"rephrase": str(kalm_prompt_npy)}, "trust_pickle": True})
+def test_kalm_prompt_file_as_rephrase_goals(kalm_prompt_npy, monkeypatch):
+    monkeypatch.delenv("KALM_BENCH_TRUST_PICKLE", raising=False)
+    with pytest.raises(ValueError, match="--trust-pickle"):  # pydantic's ValidationError
+        ClevrRobot({"goal_files": {"rephrase": str(kalm_prompt_npy)}})
+    monkeypatch.setenv("KALM_BENCH_TRUST_PICKLE", "1")
+    env = ClevrRobot({"goal_files": {"rephrase": str(kalm_prompt_npy)}})
     cases = env.test_cases("rephrase", 80, seed=0)
     raw = np.load(kalm_prompt_npy, allow_pickle=True).item()
     texts = {str(i[0]) for i in raw["instructions"]}

@@ -45,6 +45,7 @@ class RefClevr(Environment):
     levels: ClassVar[dict[str, str]] = {"seen": "KALM toy data goals", "rephrase": "KALM rephrase prompts"}
     action_kind: ClassVar[str] = "discrete"
     action_size: ClassVar[int] = 40
+    state_dim: ClassVar[int] = 10
     horizon: ClassVar[int] = 50
 
     class Config(StrictConfig):

@@ -24,7 +24,7 @@ class _FixedEncoder:
 
 @pytest.fixture(scope="module")
 def engine():
-    from kalm_bench_plugins.kalm.common import Normalizer, Normalizers
+    from kalm_bench_plugins.kalm.normalise import Normalizer, Normalizers
     from kalm_bench_plugins.kalm.embedded import EmbeddedEngine, SlotDecoder
 
     torch.manual_seed(0)

@@ -91,7 +91,7 @@ def test_kv_cache_generation_matches_full_recomputation(grounded, ref_env):
 
 def test_judging_the_models_own_rollouts_gives_its_generation_labels(grounded, ref_env):
     """Teacher forcing a rollout the model generated itself must reproduce the judgements it made then."""
-    from kalm_bench_plugins.kalm.common import model_labels
+    from kalm_bench_plugins.kalm.labels import model_labels
     from kalm_bench_plugins.kalm.embedded import load_engine
 
     be, wd = grounded
@@ -151,7 +151,8 @@ def test_success_judge_is_trained_when_the_env_can_label(ref_dataset, ref_env, t
     # without a judge, model labels fall back to the decoder's own success head
     monkeypatch.setattr(embedded, "JUDGE_STEPS", 0)
     (tmp_path / "n").mkdir()
-    assert embedded.ground(cfg, ref_dataset, tasks, 0, tmp_path / "n", 50, lambda d, t: None)["judge"] == {}
+    assert embedded.ground(cfg, ref_dataset, tasks, 0, tmp_path / "n", 50, lambda d, t: None,
+                          env=ref_env)["judge"] == {}
     assert embedded.load_engine(tmp_path / "n").model.judge is None
 
 

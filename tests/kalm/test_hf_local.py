@@ -121,7 +121,7 @@ def test_kv_cache_rollouts_match_a_full_forward_pass(lora_model, ref_env):
 
 def test_judging_the_models_own_rollouts_gives_its_generation_labels(lora_model, ref_env):
     """Teacher forcing a rollout the HF engine generated itself must reproduce the judgements it made then."""
-    from kalm_bench_plugins.kalm.common import model_labels
+    from kalm_bench_plugins.kalm.labels import model_labels
     from kalm_bench_plugins.kalm.hf import load_engine
 
     be, wd = lora_model

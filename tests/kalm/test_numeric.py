@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kalm_bench_plugins.kalm import tasks as T
-from kalm_bench_plugins.kalm.common import Normalizer, Normalizers
+from kalm_bench_plugins.kalm.normalise import Normalizer, Normalizers
 from test_kalm_tasks import toy_dataset
 
 

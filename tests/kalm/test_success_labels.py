@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
 
 from kalm_bench.datasets import Episode, TrajectoryDataset
 from kalm_bench_plugins.kalm import tasks as T
-from kalm_bench_plugins.kalm.common import Rollout, agreement_stats, judged_stop, model_labels, success_checker
+from kalm_bench_plugins.kalm.engine import Rollout
+from kalm_bench_plugins.kalm.labels import agreement_stats, judged_stop, model_labels, success_checker
 
 # Goals on a 1-d state: "up" holds once x > 1, "down" once x < -1, "nudge" once x > 0.2.
 HOLDS = {"up": lambda x: x > 1.0, "down": lambda x: x < -1.0, "nudge": lambda x: x > 0.2}
@@ -101,7 +103,7 @@ def test_judge_examples_with_the_reference_envs_check(ref_dataset, ref_env):
     assert 0 < len(exs) <= ref_dataset.n_episodes
     pos = [any(s["done"] == 1.0 for s in ex["segments"] if s["kind"] == "state") for ex in exs]
     assert 0 < np.mean(pos) < 1  # both classes present
-    assert success_checker(None, toy()) is None  # an env that is not registered cannot label
+    assert success_checker(types.SimpleNamespace(can_label=False), toy()) is None  # an env that cannot label
 
 
 def test_agreement_stats_on_a_hand_case():
@@ -161,7 +163,7 @@ def test_judge_transitions_subsample_long_datasets():
 def test_realism_limits_tolerate_noise_on_constant_dimensions():
     import types
 
-    from kalm_bench_plugins.kalm.common import realism_limits, unrealistic_rates
+    from kalm_bench_plugins.kalm.diagnostics import realism_limits, unrealistic_rates
 
     rng = np.random.default_rng(0)
     eps = []
@@ -171,7 +173,7 @@ def test_realism_limits_tolerate_noise_on_constant_dimensions():
         eps.append(Episode(states=states, actions=np.zeros(3, np.int64), rewards=np.zeros(3, np.float32),
                            instruction="x", goal={}, level="seen", success=True))
     ds = TrajectoryDataset.from_episodes(eps, env="toy", action_kind="discrete", action_size=2)
-    lo, hi, limit = realism_limits(types.SimpleNamespace(), ds)
+    lo, hi, limit = realism_limits(types.SimpleNamespace(state_bounds=lambda: None), ds)
     quiet = ds.episode(0).states.copy()
     quiet[:, 1] += 1e-5  # a regression head's rounding noise on the constant dimension
     far = quiet.copy()

@@ -57,7 +57,7 @@ def test_oracle_agrees_with_the_simulator_on_generated_data(small_dataset, mw_en
 
 
 def test_import_kalm_meta_world_npy(kalm_meta_world_npy):
-    with pytest.raises(UserError, match="trust_pickle"):
+    with pytest.raises(UserError, match="--trust-pickle"):
         import_kalm_npy(kalm_meta_world_npy)
     ds = import_kalm_npy(kalm_meta_world_npy, trust_pickle=True)
     assert ds.n_episodes == 10 and ds.state_dim == 91

@@ -89,7 +89,7 @@ def _harness_run(name, data, tmp_path, steps, saved):
 def _fit_run(name, data, steps, saved, split=None):
     from d3rlpy.logging import NoopAdapterFactory
 
-    from kalm_bench_plugins.offline_rl.trainer import build_d3rlpy_config
+    from kalm_bench_plugins.d3rlpy_layer import build_d3rlpy_config
 
     _, config, kind = _config(name)
     cfg = build_d3rlpy_config(config)

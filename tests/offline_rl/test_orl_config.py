@@ -45,11 +45,11 @@ def test_presets_and_d3rlpy_fields_match_the_installed_d3rlpy(registry, name):
     assert cls.default_preset == "paper" and {"paper", "official"} <= set(cls.presets)
     cfg_cls = cls.Config
     d3cls = getattr(d3rlpy.algos, cfg_cls.d3rlpy_config)
-    assert set(cfg_cls.d3rlpy_fields) == {f.name for f in dataclasses.fields(d3cls)}
+    assert set(cfg_cls.passed_fields()) == {f.name for f in dataclasses.fields(d3cls)}
     for preset in cls.presets:
         cfg = cls.make_config(preset)
         assert cls(cfg).to_dict()["params"] == cfg.model_dump(mode="json")
-        from kalm_bench_plugins.offline_rl.trainer import build_d3rlpy_config
+        from kalm_bench_plugins.d3rlpy_layer import build_d3rlpy_config
 
         d3 = build_d3rlpy_config(cfg)
         for field, value in cls.presets[preset].items():
@@ -57,13 +57,13 @@ def test_presets_and_d3rlpy_fields_match_the_installed_d3rlpy(registry, name):
                 assert getattr(d3, field).get_type() == value, preset
             else:
                 assert getattr(d3, field) == value, (preset, field)
-        for f in cfg_cls.d3rlpy_fields:
+        for f in cfg_cls.passed_fields():
             if f.endswith("encoder_factory"):
                 assert list(getattr(d3, f).hidden_units) == [256, 256]
 
 
 def test_paper_and_official_presets_differ_where_the_code_differs(registry):
-    from kalm_bench_plugins.offline_rl.trainer import build_d3rlpy_config
+    from kalm_bench_plugins.d3rlpy_layer import build_d3rlpy_config
 
     td3 = registry.get("algorithms", "td3+bc")
     assert build_d3rlpy_config(td3.make_config("paper")).alpha == 0.5
@@ -81,7 +81,7 @@ def test_paper_and_official_presets_differ_where_the_code_differs(registry):
 
 
 def test_any_d3rlpy_field_can_be_overridden(registry):
-    from kalm_bench_plugins.offline_rl.trainer import build_d3rlpy_config
+    from kalm_bench_plugins.d3rlpy_layer import build_d3rlpy_config
 
     cls = registry.get("algorithms", "discrete-cql")
     cfg = cls.make_config(overrides={

@@ -7,7 +7,8 @@ import pytest
 import torch
 from orl_helpers import synthetic
 
-from kalm_bench_plugins.offline_rl.sampler import TransitionSampler, split_batch
+from kalm_bench_plugins.d3rlpy_layer import split_batch
+from kalm_bench_plugins.offline_rl.sampler import TransitionSampler
 
 
 def _d3rlpy_dataset(data, kind, action_size):
@@ -113,7 +114,8 @@ def test_update_through_the_sampler_equals_d3rlpy_update(name, kind, size):
     from d3rlpy.dataset import BasicTransitionPicker, TransitionMiniBatch
 
     from kalm_bench.plugins import build_registry
-    from kalm_bench_plugins.offline_rl.trainer import build_d3rlpy_config, update
+    from kalm_bench_plugins.d3rlpy_layer import build_d3rlpy_config
+    from kalm_bench_plugins.offline_rl.trainer import update
 
     cls = build_registry().get("algorithms", name)
     cfg = cls.make_config(overrides={"batch_size": 16, "hidden_units": [32, 32]})

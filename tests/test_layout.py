@@ -42,3 +42,32 @@ def test_product_names_no_development_machine():
     hits = [f"{p.relative_to(ROOT)}:{n}" for p in files for n, line in
             enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
     assert hits == []
+
+
+def test_the_tested_constraints_satisfy_the_declared_ranges():
+    """`pip install -c constraints.txt` must be solvable: every exact pin lies inside pyproject's range."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = ROOT
+    pins = {}
+    for line in (root / "constraints.txt").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = Version(version)
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
+    bad = []
+    for text in reqs:
+        req = Requirement(text)
+        name = req.name.lower().replace("_", "-")
+        if name == "kalm-bench":
+            continue
+        if name not in pins:
+            bad.append(f"{text}: not pinned in constraints.txt")
+        elif not req.specifier.contains(pins[name], prereleases=True):
+            bad.append(f"{text}: constraints.txt pins {pins[name]}")
+    assert bad == []

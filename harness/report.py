@@ -232,7 +232,7 @@ def diagnostics_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.
                                     + (f" [{tasks}]" if tasks else ""), OrderedDict())
         metrics = setting.setdefault(r["data_keys"].get("grounding", ""), {})
         for k, v in (r.get("llm_diagnostics") or {}).items():
-            metrics[k] = 100 * v if isinstance(v, float) and 0 <= v <= 1 else v
+            metrics[k] = 100 * v if _is_rate(k, v) else v
         ro = r.get("rollouts")
         if variant_of(r) == KALM and ro and r.get("imaginary_level") and ro.get("goal_match_rate") is not None:
             metrics[f"goal_match_{r['imaginary_level']}"] = 100 * ro["goal_match_rate"]
@@ -260,6 +260,11 @@ def diagnostics_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.
     table.index.name = "metric"
     tidy_df = pd.DataFrame(tidy, columns=["setting", "metric", "n", "mean", "std", "ci_low", "ci_high", "value"])
     return table.sort_index(), tidy_df.sort_values(["setting", "metric"], kind="stable").reset_index(drop=True)
+
+
+def _is_rate(name: str, value: Any) -> bool:
+    """A diagnostic shown in percent: a share in [0, 1]; errors (``…_mse``, ``…_nmse``) and counts are not."""
+    return isinstance(value, float) and 0 <= value <= 1 and not name.endswith(("_mse", "_nmse"))
 
 
 def build_diagnostics_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:

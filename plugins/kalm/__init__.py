@@ -1,6 +1,6 @@
 """LLM backends, grounding tasks and KALM's imaginary rollouts.
 
-Registers the backends ``embedded`` (default), ``smollm2`` and ``hf-local`` and the grounding tasks
+Registers the backends ``embedded`` (default), ``smollm2``, ``gemma3-270m`` and ``hf-local`` and the grounding tasks
 ``dynamics``, ``explanation``, ``generation`` and ``consequence``. Only light modules are imported here.
 """
 
@@ -13,10 +13,11 @@ from kalm_bench import hookimpl
 
 @hookimpl
 def register_llm_backends(register: Callable[[type], None]) -> None:
-    from .backends import EmbeddedBackend, HFLocalBackend, SmolLM2Backend
+    from .backends import EmbeddedBackend, Gemma3Backend, HFLocalBackend, SmolLM2Backend
 
     register(EmbeddedBackend)
     register(SmolLM2Backend)
+    register(Gemma3Backend)
     register(HFLocalBackend)
 
 

@@ -6,7 +6,7 @@ embeddings ``(B, L, hidden_size)`` (plus an optional ``(B, L)`` padding mask, 1 
 hidden states of the same shape:
 
 * ``embedded``: the :class:`~.embedded.SlotDecoder`'s blocks and final LayerNorm;
-* ``hf-local`` / ``smollm2``: the causal LM's decoder (``lm.get_decoder()``, e.g. ``LlamaModel``) called with
+* ``hf-local`` / ``smollm2`` / ``gemma3-270m``: the causal LM's decoder (``lm.get_decoder()``, e.g. ``LlamaModel``) called with
   ``inputs_embeds``. A LoRA-grounded model comes back with its adapters merged into the weights (as
   :func:`.hf.load_engine` loads it for imagination), so the backbone is exactly the grounded model.
 
@@ -94,6 +94,8 @@ def build_backbone(backend: Any, model_dir: Path, device: str) -> nn.Module:
     """``LLMBackend.backbone`` for the KALM plugin's backends (dispatches on the backend's name)."""
     if backend.name == "embedded":
         return embedded_backbone(model_dir, device)
-    if backend.name in ("hf-local", "smollm2"):
+    from .backends import HFLocalBackend
+
+    if isinstance(backend, HFLocalBackend):
         return hf_backbone(model_dir, backend.name, backend.config, device)
     raise UserError(f"LLM backend {backend.name!r} has no Decision Transformer backbone", field="llm.backend")

@@ -61,12 +61,16 @@ def novel_levels(env: Environment) -> list[str]:
 
 def compute_diagnostics(engine: Engine, env: Environment, dataset: TrajectoryDataset, seed: int, *,
                         n_explain: int, n_goals: int, max_steps: int, batch_size: int,
-                        threshold: float, matcher: GoalMatcher | None = None,
+                        threshold: float, matcher: GoalMatcher | None = None, n_heldout: int = 0,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """The paper's model-quality figures: explanation accuracy (Fig. 7), goal match and label agreement per
-    level (Table 1), single-step match on easy levels (Fig. 12), unrealistic-transition rates (Table 4)."""
+    level (Table 1), single-step match on easy levels (Fig. 12), unrealistic-transition rates (Table 4);
+    and ours: realistic goal match and plan success per level, and next-action / next-state prediction on
+    ``n_heldout`` real episodes the model never saw."""
     out: dict[str, float] = {}
     rng = np.random.default_rng(seed)
+    if n_heldout:
+        out.update(heldout_prediction(engine, env, dataset, n_heldout, seed, batch_size))
     # Fig. 7: explanation accuracy on real rollouts, with the training prompt and with an unseen prompt.
     ok = np.nonzero((dataset.lengths > 0))[0]
     pick = rng.choice(ok, size=min(n_explain, len(ok)), replace=False) if len(ok) else ok
@@ -108,6 +112,12 @@ def compute_diagnostics(engine: Engine, env: Environment, dataset: TrajectoryDat
                 out[f"label_{k}_{level}"] = v
             if "easy" in level:
                 out.update(_single_step_match(env, level, cases, rolls))
+            real = _realistic(env, shown)
+            if real is not None:
+                out[f"realistic_goal_match_{level}"] = mean([s and r for s, r in zip(succ, real)])
+            plan = plan_success(env, level, cases, shown)
+            if plan is not None:
+                out[f"plan_success_{level}"] = mean(plan)
         else:
             shown = list(rolls)
         o_out, o_jump, o_any = unrealistic_rates(shown, lo, hi, limit)
@@ -148,3 +158,81 @@ def _single_step_match(env: Environment, level: str, cases: Sequence[dict[str, A
     if action_ok:
         res[f"{level}_step_action_match"] = mean(action_ok)
     return res
+
+
+def _realistic(env: Environment, rollouts: Sequence[Rollout]) -> list[bool] | None:
+    """Per rollout: does every state pass the env's realism check? None when the env has none."""
+    if env.realistic_states(np.zeros((0, env.state_dim), np.float32)) is None:
+        return None
+    return [bool(np.asarray(env.realistic_states(r.states), bool).all()) for r in rollouts]
+
+
+def plan_success(env: Environment, level: str, cases: Sequence[dict[str, Any]], rollouts: Sequence[Rollout]
+                 ) -> list[bool] | None:
+    """Per rollout: does replaying its imagined actions open-loop in the real simulator, from the same initial
+    state, reach the goal (the env reports ``is_success`` at some step)? It needs no judgement of imagined
+    states, only the actions. None when the env has no simulator for ``level``."""
+    try:
+        gym_env = env.make(level)
+    except Exception:  # noqa: BLE001 - an env without a simulator for this level gives no plan figure
+        return None
+    out = []
+    try:
+        for k, (case, r) in enumerate(zip(cases, rollouts)):
+            gym_env.reset(seed=k, options=case)
+            ok = False
+            for a in r.actions:
+                _, _, terminated, truncated, info = gym_env.step(int(a) if env.action_kind == "discrete" else a)
+                if info.get("is_success", False):
+                    ok = True
+                    break
+                if terminated or truncated:
+                    break
+            out.append(ok)
+    finally:
+        gym_env.close()
+    return out
+
+
+def heldout_prediction(engine: Engine, env: Environment, dataset: TrajectoryDataset, n: int, seed: int,
+                       batch_size: int) -> dict[str, float]:
+    """Next-action and next-state prediction on ``n`` fresh expert episodes (generated with a seed the
+    grounding data do not use), each fed through the generation prompt with teacher forcing.
+
+    ``heldout_action_acc`` (discrete) or ``heldout_action_nmse`` (continuous) beside the majority-action
+    rate of the grounding data; ``heldout_state_nmse``, the mean squared next-state error in units of each
+    dimension's variance in the grounding data (varying dimensions only), beside
+    ``heldout_copy_state_nmse``, the same error of predicting no change.
+    """
+    try:
+        fresh = env.generate_dataset(n, seed=10_000_019 + seed)
+    except NotImplementedError:
+        return {}
+    eps = [fresh.episode(i) for i in range(len(fresh.lengths)) if fresh.lengths[i] > 0][:n]
+    if not eps:
+        return {}
+    rolls = engine.generate([str(e.instruction) for e in eps], np.stack([e.states[0] for e in eps]),
+                            max(len(e.actions) for e in eps), None, batch_size,
+                            forced=[(e.states, e.actions) for e in eps])
+    ok = [(e, r) for e, r in zip(eps, rolls) if r.predicted_states is not None and len(r.predicted_states)]
+    if not ok:
+        return {}
+    var = np.concatenate([dataset.states, dataset.next_states]).var(0)
+    vary = var > 1e-12
+    true_s = np.concatenate([e.states[1:len(r.predicted_states) + 1] for e, r in ok])[:, vary]
+    prev_s = np.concatenate([e.states[:len(r.predicted_states)] for e, r in ok])[:, vary]
+    pred_s = np.concatenate([r.predicted_states for _, r in ok])[:, vary]
+    v = var[vary]
+    out = {"heldout_state_nmse": float(np.mean((pred_s - true_s) ** 2 / v)),
+           "heldout_copy_state_nmse": float(np.mean((prev_s - true_s) ** 2 / v)),
+           "heldout_transitions": float(len(true_s))}
+    true_a = np.concatenate([e.actions[:len(r.predicted_actions)] for e, r in ok])
+    pred_a = np.concatenate([r.predicted_actions for _, r in ok])
+    if env.action_kind == "discrete":
+        out["heldout_action_acc"] = float(np.mean(pred_a.reshape(-1) == true_a.reshape(-1)))
+        counts = np.bincount(np.asarray(dataset.actions, np.int64).reshape(-1))
+        out["heldout_action_majority"] = float(np.mean(true_a.reshape(-1) == int(counts.argmax())))
+    else:
+        a_var = np.maximum(np.asarray(dataset.actions, np.float32).var(0), 1e-12)
+        out["heldout_action_nmse"] = float(np.mean((pred_a - true_a) ** 2 / a_var))
+    return out

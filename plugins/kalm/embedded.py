@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import Rollout, forced_step
+from .engine import Rollout, forced_predictions, forced_step
 from .losses import numeric_losses
 from .normalise import Normalizers
 from .encoder import DIM as TEXT_DIM
@@ -367,9 +367,12 @@ class EmbeddedEngine:
         rewards: list[list[float]] = [[] for _ in range(b)]
         active = list(range(b))  # rows of the (compacted) batch → rollout index
         pos = n_text + 1
+        pred_a: list[list[Any]] = [[] for _ in range(b)]
+        pred_s: list[list[Any]] = [[] for _ in range(b)]
         for t in range(max_steps):
             a = self._decode_action(h)
             if forced is not None:  # teacher forcing: the given rollout's action, the heads still read
+                a_own = self._raw_actions(a)
                 a = forced_step(forced, active, t, "action", self.norms, self.model.action_kind, a)
             xa = self._action_slot(a, pos)
             if use_cache:
@@ -380,6 +383,10 @@ class EmbeddedEngine:
             ha = ha[:, -1]
             s_norm = self.model.state_out(ha)
             if forced is not None:
+                s_own = self.norms.state.decode(s_norm.cpu().numpy())
+                for row, k in enumerate(active):
+                    pred_a[k].append(a_own[row])
+                    pred_s[k].append(s_own[row])
                 s_norm = forced_step(forced, active, t, "state", self.norms, self.model.action_kind, s_norm)
             xs = self._state_slot(s_norm, pos + 1)
             if use_cache:
@@ -390,9 +397,7 @@ class EmbeddedEngine:
             hs = hs[:, -1]
             pos += 2
             s_raw = self.norms.state.decode(s_norm.cpu().numpy())
-            a_np = a.cpu().numpy()
-            if self.model.action_kind == "continuous" and self.norms.action is not None:
-                a_np = self.norms.action.decode(a_np)
+            a_np = self._raw_actions(a)
             if judge is not None:
                 dp = torch.sigmoid(judge(inst_emb, s_prev, a, s_norm)).cpu().numpy()
             else:
@@ -429,7 +434,15 @@ class EmbeddedEngine:
                         actions=np.asarray(actions[k], act_dtype).reshape(
                             (-1,) if self.model.action_kind == "discrete" else (-1, self.model.action_size)),
                         done_prob=np.asarray(done_p[k], np.float32),
-                        reward_pred=np.asarray(rewards[k], np.float32)) for k in range(b)]
+                        reward_pred=np.asarray(rewards[k], np.float32),
+                        **(forced_predictions(pred_a, pred_s, k, self.model.action_kind, self.model.action_size)
+                           if forced is not None else {})) for k in range(b)]
+
+    def _raw_actions(self, a: torch.Tensor) -> np.ndarray:
+        a_np = a.cpu().numpy()
+        if self.model.action_kind == "continuous" and self.norms.action is not None:
+            a_np = self.norms.action.decode(a_np)
+        return a_np
 
     # -- explanation ------------------------------------------------------------------------------------
     @torch.no_grad()

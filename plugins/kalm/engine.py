@@ -30,6 +30,10 @@ class Rollout:
     actions: np.ndarray  # (T,) or (T, A)
     done_prob: np.ndarray  # (T+1,) success-head probability at each state
     reward_pred: np.ndarray  # (T,) reward-head prediction of each transition
+    # Under teacher forcing only: what the model itself predicted at each step before the given action
+    # and next state replaced it (held-out dynamics and action accuracy).
+    predicted_actions: np.ndarray | None = None  # (T,) or (T, A)
+    predicted_states: np.ndarray | None = None  # (T, S)
 
 
 class Engine(Protocol):
@@ -46,7 +50,8 @@ class Engine(Protocol):
         ``max_steps`` actions long, ended early where ``stop`` says so, ``batch_size`` rollouts per forward
         pass (``use_cache``: reuse attention key/values between steps). With ``forced``, the given ``(states,
         actions)`` replace the model's own choices step by step, so the heads' success and reward
-        judgements are of someone else's rollout (:meth:`KalmBackend.judge`)."""
+        judgements are of someone else's rollout (:meth:`KalmBackend.judge`); the returned rollouts then
+        also carry the model's own ``predicted_actions`` and ``predicted_states`` at each step."""
 
     def explain(self, rollouts: list[tuple[np.ndarray, np.ndarray]], seen: bool) -> list[str]:
         """The goal (as the text of a recorded goal, ``str(dataset.goals[i])``) the model reads from each
@@ -71,3 +76,11 @@ def forced_step(forced: Sequence[tuple[np.ndarray, np.ndarray]], active: list[in
         return torch.as_tensor(a).to(like.dtype).to(like.device).reshape(like.shape)
     st = np.stack([np.asarray(forced[k][0][t + 1], np.float32) for k in active])
     return torch.as_tensor(norms.state.encode(st)).to(like.dtype).to(like.device)
+
+
+def forced_predictions(actions: list[list[Any]], states: list[list[Any]], k: int, action_kind: str,
+                       action_size: int) -> dict[str, np.ndarray]:
+    """The ``predicted_actions`` / ``predicted_states`` fields of forced rollout ``k`` (empty when none)."""
+    cont = action_kind == "continuous"
+    a = np.asarray(actions[k], np.float32 if cont else np.int64).reshape((-1, action_size) if cont else (-1,))
+    return {"predicted_actions": a, "predicted_states": np.asarray(states[k], np.float32)}

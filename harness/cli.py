@@ -130,6 +130,63 @@ def run(suite_file: str, overrides: tuple[str, ...], output: str | None, cache_d
         sys.exit(1)
 
 
+@cli.command(name="eval")
+@click.argument("results", type=click.Path())
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Env option for the new evaluations (repeatable), e.g. goal_files.rephrase=my_goals.json.")
+@click.option("--levels", default=None, metavar="L1,L2", help="Levels to evaluate [default: those of RESULTS].")
+@OVERRIDE
+@click.option("--output", "-o", type=click.Path(), default=None,
+              help=f"Results directory of the new evaluations [default: {DEFAULT_OUTPUT}/<suite>-eval].")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Artifact cache holding the trained policies [default: $KALM_BENCH_CACHE or ~/.cache/kalm-bench].")
+@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--dry-run", is_flag=True, help="List what would be evaluated and built, and exit.")
+@click.option("--format", "fmt", default="md", show_default=True, help="Table format printed at the end.")
+@click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors.")
+def eval_cmd(results: str, settings: tuple[str, ...], levels: str | None, overrides: tuple[str, ...],
+             output: str | None, cache_dir: str | None, jobs: int, dry_run: bool, fmt: str, quiet: bool) -> None:
+    """Evaluate the trained policies of RESULTS again, with changed env options (your own goal file) or on
+    other levels, without training anything: only the evaluation stages are built (-x takes eval.* fields)."""
+    from .cache import ArtifactStore
+    from .output_dir import check_writable_dir
+    from .reevaluate import reevaluation_plan
+
+    level_list = [lv.strip() for lv in levels.split(",") if lv.strip()] if levels else None
+    plan, missing = reevaluation_plan(results, _registry(), settings, level_list, overrides)
+    for line in missing:
+        click.echo(f"skipped: {line}", err=True)
+    out = Path(output) if output else DEFAULT_OUTPUT / f"{plan.loaded.suite.suite}-eval"
+    if out.resolve() == Path(results).resolve():
+        raise UserError("the new evaluations need their own results directory", file=out, field="--output")
+    check_writable_dir(out, "--output", create=not dry_run)
+    store = ArtifactStore(cache_dir)
+    to_build: dict[str, int] = {}
+    for st in plan.stages.values():
+        if not store.done(st.kind, st.key):
+            to_build[st.kind] = to_build.get(st.kind, 0) + 1
+    untrained = to_build.get("train", 0)
+    click.echo(f"{len(plan.runs)} evaluation(s) of {len({r.stages['train'] for r in plan.runs})} trained "
+               f"policies; stages to build: {', '.join(f'{n} {k}' for k, n in to_build.items()) or 'none'}", err=True)
+    if untrained:
+        click.echo(f"warning: {untrained} trained policies are not in the cache {store.root}; they are trained "
+                   "again first (the cache that ran RESULTS holds them: --cache)", err=True)
+    if dry_run:
+        _dry_run(plan, out, store, False)
+        return
+    _registry().get("reporters", fmt, field="--format")
+    _configure_logging(quiet, False)
+    summary = _execute(plan, out, store, "local", jobs, False)
+    click.echo(f"\n{summary.ok} ok, {summary.failed} failed, {summary.skipped_ok} already done; stages built "
+               f"{summary.stages_built}, reused {summary.stages_cached}; {summary.wall_s:.0f} s → {out}")
+    if any(r.get("status") == "ok" for r in summary.records):
+        written = _write_tables(out, fmt) if summary.ok or summary.failed else {}
+        click.echo("\n" + (written.get(fmt) or _render_report(out, fmt=fmt, stat=None, reference=None,
+                                                               reference_env=None)))
+    if summary.failed:
+        sys.exit(1)
+
+
 def _resolved_components(plan: Any) -> dict[str, Any]:
     """Every component's configuration as the stages will use it: defaults < preset < the suite's values."""
     out: dict[str, Any] = {"env": None, "encoder": None, "algorithms": {}, "llm_backends": {}}
@@ -412,6 +469,10 @@ def ls_cmd(kind: str | None, name: str | None, as_json: bool) -> None:
                "description": cls.description, "options": _options(cls), "presets": dict(cls.presets)}
         if kind == "envs":
             row["levels"] = dict(cls.levels)
+            for opt in row["options"]:  # which stages read it (their cache keys hold it)
+                opt["scope"] = cls.option_scopes.get(opt["name"], "data")
+                opt["per_level"] = opt["name"] in cls.level_options
+                opt["file"] = opt["name"] in cls.file_options
         if as_json:
             click.echo(json.dumps(row, indent=2, default=str))
             return
@@ -422,6 +483,9 @@ def ls_cmd(kind: str | None, name: str | None, as_json: bool) -> None:
             click.echo("  options:")
             for opt in row["options"]:
                 default = "required" if opt["required"] else f"default {opt['default']!r}"
+                if "scope" in opt:
+                    default += "; per level" if opt["per_level"] else f"; read from the {opt['scope']} stage on"
+                    default += "; a file, keyed by its content" if opt["file"] else ""
                 click.echo(f"    {opt['name']}: {opt['type']} ({default})"
                            + (f"  {opt['description']}" if opt["description"] else ""))
         for preset, values in row["presets"].items():
@@ -462,7 +526,7 @@ def cache() -> None:
 
 @cache.command(name="ls")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None)
-@click.option("--kind", default=None, help="dataset, grounding, rollouts, train or eval.")
+@click.option("--kind", default=None, help="dataset, grounding, diagnostics, rollouts, train or eval.")
 @click.option("--json", "as_json", is_flag=True)
 def cache_ls(cache_dir: str | None, kind: str | None, as_json: bool) -> None:
     """List complete cache entries."""

@@ -3,18 +3,22 @@
 A run is (env, level, algorithm, variant, seed). Its stages::
 
     dataset ──► grounding ──► rollouts[level']      (only when an LLM is needed)
-       │            │              │
-       └────────────┴──────────────┴──► train[algorithm, variant, level', seed] ──► eval[level]
+       │            │   └──► diagnostics       │
+       └────────────┴──────────────────────────┴──► train[algorithm, variant, level', seed] ──► eval[level]
 
 Each stage's key hashes its spec (names, versions, configs, seeds) and its upstream keys, so changing
-anything invalidates exactly the stages downstream of it. Base-variant training does not depend on the
-level, so one trained policy serves every level's evaluation.
+anything invalidates exactly the stages downstream of it. A stage's spec holds only the env options it
+reads (the env declares each option's scope and its per-level options; see
+:meth:`kalm_bench.api.Environment.config_view`): a goal file for a novel level changes that level's
+rollouts and evaluations, not the data, the grounding or the base policies. Base-variant training does
+not depend on the level, so one trained policy serves every level's evaluation.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,7 +29,9 @@ from .errors import UserError
 from .plugins import Registry
 from .suite import BASE, KALM, REPLICABLE, REPLICATION_STRIDE, LoadedSuite, format_loc, row_label, variant_source
 
-STAGE_ORDER = ("dataset", "grounding", "rollouts", "train", "eval")
+DATA = ("data",)
+IMAGINATION = ("data", "imagination")
+STAGE_ORDER = ("dataset", "grounding", "diagnostics", "rollouts", "train", "eval")
 
 
 @dataclass
@@ -119,6 +125,8 @@ class _Planner:
         self.sources = _rollout_sources(registry, loaded)
         self.grounding_of: dict[tuple[int, int], str] = {}  # (entry, replication) → grounding key
         self.llm_suffix: dict[str, str] = {}  # grounding key → label suffix naming the row that changed the LLM
+        self.diagnostics_of: dict[str, str] = {}  # grounding key → key of its diagnostics stage
+        self.digests: dict[str, str] = {}  # path → sha256 of a file an env option names
 
     def plan(self) -> Plan:
         self.check_rollout_settings()
@@ -145,6 +153,27 @@ class _Planner:
 
     def rep_label(self, what: str, rep: int) -> str:
         return f" rep {rep}" if what in self.replicate else ""
+
+    def env_for(self, scopes: tuple[str, ...], levels: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The env's spec with the options a stage reading ``scopes`` at ``levels`` sees (None: all levels),
+        and the content digest of every file those options name."""
+        view = self.env_cls.config_view(self.env_spec["config"], scopes, levels)
+        files = {}
+        for name in self.env_cls.file_options:
+            value = view.get(name)
+            entries = value.items() if isinstance(value, dict) else [(None, value)] if isinstance(value, str) else []
+            for sub, path in entries:
+                loc = ("env", "config", name) + (() if sub is None else (sub,))
+                files[format_loc(loc[2:])] = self.file_digest(loc, str(path))
+        return {**self.env_spec, "config": view, **({"files": files} if files else {})}
+
+    def file_digest(self, loc: tuple, path: str) -> str:
+        if path not in self.digests:
+            p = Path(path).expanduser()
+            if not p.is_file():
+                raise self.loaded.error(loc, f"file not found: {path}")
+            self.digests[path] = api.sha256_file(p)
+        return self.digests[path]
 
     def add(self, kind: str, spec: dict[str, Any], deps: dict[str, str], label: str) -> str:
         key = stage_key(kind, spec, deps)
@@ -182,10 +211,10 @@ class _Planner:
         if s.data.path:
             path = self.loaded.resolve(s.data.path)
             ds_manifest = _dataset_identity(path, self.loaded, self.env_cls)
-            fixed = self.add("dataset", {"env": self.env_spec, "path": str(path.resolve()), "content": ds_manifest},
+            fixed = self.add("dataset", {"env": self.env_for(DATA, ()), "path": str(path.resolve()), "content": ds_manifest},
                              {}, f"{s.env.name} data")
             return {seed: fixed for seed in s.seed_list}
-        return {seed: self.add("dataset", {"env": self.env_spec, "episodes": s.data.episodes,
+        return {seed: self.add("dataset", {"env": self.env_for(DATA, ()), "episodes": s.data.episodes,
                                            "seed": self.stage_seed("data", s.data.seed, seed),
                                            "options": s.data.options}, {},
                                f"{s.env.name} data{self.rep_label('data', seed)}")
@@ -242,10 +271,16 @@ class _Planner:
         if not tasks:
             raise loaded.error(loc + ("grounding_tasks",), "at least one grounding task is needed")
         suffix = ("" if entry.llm is None else f" ({entry.row})") + self.rep_label("llm", seed)
-        key = self.add("grounding", {"env": self.env_spec, "backend": backend_spec, "tasks": tasks,
-                                     "seed": self.stage_seed("llm", llm.seed, seed)},
+        llm_seed = self.stage_seed("llm", llm.seed, seed)
+        key = self.add("grounding", {"env": self.env_for(IMAGINATION, ()), "backend": backend_spec, "tasks": tasks,
+                                     "seed": llm_seed},
                        {"dataset": self.dataset_keys[seed]}, f"{llm.backend} grounding{suffix}")
         self.llm_suffix.setdefault(key, suffix)
+        # What the grounded model imagines at every level: its own stage, so a new goal file re-measures it
+        # without grounding again.
+        self.diagnostics_of[key] = self.add(
+            "diagnostics", {"env": self.env_for(IMAGINATION), "backend": backend_spec, "seed": llm_seed},
+            {"grounding": key, "dataset": self.dataset_keys[seed]}, f"{llm.backend} diagnostics{suffix}")
         return key
 
     def rollouts_for(self, level: str, grounding_key: str | None, seed: int, variant: str) -> tuple[str, str]:
@@ -268,7 +303,7 @@ class _Planner:
         else:
             label += self.rep_label("rollouts", seed)
         # Same seed, so every source of a replication proposes for the same goals and initial states.
-        key = self.add("rollouts", {"env": self.env_spec, "level": target, "count": s.rollouts.counts[target],
+        key = self.add("rollouts", {"env": self.env_for(IMAGINATION, (target,)), "level": target, "count": s.rollouts.counts[target],
                                     "seed": rollout_seed, "labels": s.rollouts.labels,
                                     "source": self.sources[variant][0], "keep": s.rollouts.keep,
                                     "realistic": s.rollouts.realistic},
@@ -337,7 +372,7 @@ class _Planner:
                         deps["rollouts"] = rkey
                         if self.variant_needs_llm(variant):
                             deps["grounding"] = grounding_key  # type: ignore[assignment]
-                    train_spec = {"env": self.env_spec, "algorithm": algo_spec, "encoder": self.encoder_spec,
+                    train_spec = {"env": self.env_for(DATA, ()), "algorithm": algo_spec, "encoder": self.encoder_spec,
                                   "seed": seed, **train_common,
                                   "imaginary_fraction": imaginary_fraction if variant != BASE else 0.0}
                     if variant == BASE and base_train is not None:
@@ -348,14 +383,16 @@ class _Planner:
                         if variant == BASE:
                             base_train = train_key
                     n_eval = s.eval.episodes.get(level) if isinstance(s.eval.episodes, dict) else s.eval.episodes
-                    eval_key = self.add("eval", {"env": self.env_spec, "level": level, "episodes": n_eval,
-                                                 "seed": s.eval.seed, "batch_size": s.eval.batch_size,
+                    eval_key = self.add("eval", {"env": self.env_for(api.OPTION_SCOPES, (level,)), "level": level,
+                                                 "episodes": n_eval, "seed": s.eval.seed,
+                                                 "batch_size": s.eval.batch_size,
                                                  "algorithm": algo_spec, "encoder": self.encoder_spec,
                                                  "checkpoints": "all" if s.eval.curve else s.eval.last_k},
                                         {"train": train_key}, f"eval {row_label(entry.row, variant)} {level} seed {seed}")
                     run_stages = {"dataset": dataset_key, "train": train_key, "eval": eval_key}
                     if "grounding" in deps:
                         run_stages["grounding"] = grounding_key  # type: ignore[assignment]
+                        run_stages["diagnostics"] = self.diagnostics_of[grounding_key]  # type: ignore[index]
                     if "rollouts" in deps:
                         run_stages["rollouts"] = deps["rollouts"]
                     # Two rows may share a config (and so every stage); the row name keeps their runs apart.

@@ -50,7 +50,8 @@ def build_record(plan: Plan, run: Run, store: ArtifactStore, error: str | None,
         "seed": run.seed, "eval_seed": s.eval.seed, "replicate": list(plan.replicate),
         "stage_seeds": {kind: plan.stages[key].spec.get("seed") for kind, key in run.stages.items()},
         "train_steps": train_spec["steps"],
-        "encoder": train_spec["encoder"]["name"], "data_keys": dict(run.stages),
+        "encoder": train_spec["encoder"]["name"], "encoder_config": train_spec["encoder"]["config"],
+        "components": run_components(plan, run), "data_keys": dict(run.stages),
         "llm_backend": gspec["backend"]["name"] if gspec else None,
         "llm_config": gspec["backend"]["config"] if gspec else None,
         "llm_tasks": [t["name"] for t in gspec["tasks"]] if gspec else None,
@@ -69,7 +70,7 @@ def build_record(plan: Plan, run: Run, store: ArtifactStore, error: str | None,
             timings[kind] = m.get("wall_s")
             if kind == "train":
                 rec["train_log"] = m.get("train_log", [])
-            if kind == "grounding":
+            if kind == "diagnostics":
                 rec["llm_diagnostics"] = m.get("diagnostics", {})
             if kind == "rollouts":
                 rec["rollouts"] = {k: m.get(k) for k in ("n_episodes", "n_transitions", "n_proposed",
@@ -94,6 +95,35 @@ def build_record(plan: Plan, run: Run, store: ArtifactStore, error: str | None,
     if rec["error"] is None and "success_rate" not in rec:
         rec.update(status="failed", error="evaluation artifact missing")
     return rec
+
+
+# Stage-spec section → (registry kind, record role) of the components a run is made of.
+_ROLES = {"env": ("envs", "env"), "algorithm": ("algorithms", "algorithm"), "encoder": ("encoders", "encoder"),
+          "backend": ("llm_backends", "llm_backend"), "source": ("rollout_sources", "rollout_source")}
+
+
+def run_components(plan: Plan, run: Run) -> dict[str, dict[str, Any]]:
+    """Role → ``{type, params, version, plugin, distribution, distribution_version}`` of every component the
+    run's stages name (env, algorithm, encoder, and where used the LLM backend and rollout source)."""
+    from .plugins import get_registry
+
+    registry = get_registry()
+    out: dict[str, dict[str, Any]] = {}
+    for kind in ("eval", "train", "grounding", "rollouts", "dataset"):  # eval's env has every option
+        if kind not in run.stages:
+            continue
+        spec = plan.stages[run.stages[kind]].spec
+        for section, (reg_kind, role) in _ROLES.items():
+            comp = spec.get(section)
+            if role in out or not isinstance(comp, dict) or "name" not in comp:
+                continue
+            entry: dict[str, Any] = {"type": comp["name"], "params": comp.get("config", {}),
+                                     "version": comp.get("version")}
+            if comp["name"] in registry.names(reg_kind):
+                info = registry.plugin_of(reg_kind, comp["name"])
+                entry.update(plugin=info.name, distribution=info.dist, distribution_version=info.version)
+            out[role] = entry
+    return out
 
 
 def record_path(results: Path, run_id: str) -> Path:

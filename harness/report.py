@@ -179,9 +179,12 @@ def _reference_cell(ref: pd.DataFrame, env: str | None, level: str, algorithm: s
 def gain_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Paired differences of success (points) per level and over the novel levels: each variant with imaginary
     data against the base run of its replication (``BC +KALM − BC``, ``BC +random − BC``), and KALM against
-    each control (``BC +KALM − BC +random``: what the LLM adds beyond the control's rollouts). A cell is the
-    mean of the per-replication differences with a 95 % Student-t interval and the number of pairs; one
-    pair gets no interval. Replications that only one side has are left out of the pairing."""
+    each control (``BC +KALM − BC +random``: what the LLM adds beyond the control's rollouts). A row without
+    a base of its own (one that only changes the LLM) is compared with the base and controls of the first
+    row that trains the same policy (algorithm, config, steps, encoder), at the replications where both
+    trained on the same data. A cell is the mean of the per-replication differences with a 95 % Student-t
+    interval and the number of pairs; one pair gets no interval. Replications that only one side has are
+    left out of the pairing."""
     levels, data_level = _levels(records)
     novel = [lv for lv in levels if lv != (data_level or levels[0])] if levels else []
     groups = _groups(records)
@@ -191,18 +194,30 @@ def gain_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFra
         return {sd: float(np.mean([per_level[lv][sd] for lv in novel])) for sd in seeds}
 
     comparisons = []  # (minuend, subtrahend): per algorithm every variant − base, then KALM − each control
+    policies = _policy_identities(records)
     for algo in OrderedDict.fromkeys(a for a, _ in groups):
         variants = [v for a, v in groups if a == algo]
-        comparisons += [((algo, v), (algo, BASE)) for v in variants if v != BASE and BASE in variants]
+        # A row without its own base (e.g. a row that only changes the LLM) is compared with the base and
+        # controls of the first row that trains the same policy on the same data.
+        twin = algo if BASE in variants else next(
+            (a for a, v in groups if v == BASE and a != algo and policies.get((a, v)) is not None
+             and policies.get((a, v)) == policies.get((algo, KALM if KALM in variants else variants[0]))), None)
+        if twin is None:
+            continue
+        comparisons += [((algo, v), (twin, BASE)) for v in variants if v != BASE]
         if KALM in variants:
-            comparisons += [((algo, KALM), (algo, v)) for v in variants if v not in (BASE, KALM)]
+            controls = [v for a, v in groups if a == twin and v not in (BASE, KALM)]
+            comparisons += [((algo, KALM), (twin, v)) for v in controls]
     rows, tidy = [], []
     for mine, other in comparisons:
         per_level = groups[mine]
+        same_data = _same_data_seeds(records, mine, other)
+        if same_data is not None and not same_data and mine[0] != other[0]:
+            continue  # another row's base trained on other data: nothing to pair with
         row = {"difference": f"{row_label(*mine)} − {row_label(*other)}"}
-        columns = [(lv, per_level.get(lv, {}), groups[other].get(lv, {})) for lv in levels]
+        columns = [(lv, _only(per_level.get(lv, {}), same_data), groups[other].get(lv, {})) for lv in levels]
         if len(novel) > 1:
-            columns.append((NOVEL, novel_mean(per_level), novel_mean(groups[other])))
+            columns.append((NOVEL, _only(novel_mean(per_level), same_data), novel_mean(groups[other])))
         for col, a_vals, b_vals in columns:
             d, lo, hi, n = stats.paired_t_ci(a_vals, b_vals)
             row[col] = "–" if n == 0 else f"{d:+.1f} (1)" if n == 1 else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] ({n})"
@@ -210,6 +225,35 @@ def gain_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFra
                          "level": col, "n": n, "mean": d, "ci_low": lo, "ci_high": hi})
         rows.append(row)
     return (pd.DataFrame(rows).set_index("difference"), pd.DataFrame(tidy)) if rows else None
+
+
+def _policy_identities(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """(row, variant) → what its policy is apart from the imaginary data: the algorithm with its config, the
+    training length and the encoder. Records without these fields (older ones) get no identity."""
+    out: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for r in records:
+        if r.get("status") != "ok" or "algorithm_name" not in r:
+            continue
+        ident = (r["algorithm_name"], json.dumps(r.get("algorithm_config"), sort_keys=True), r.get("train_steps"),
+                 json.dumps(r.get("encoder"), sort_keys=True), json.dumps(r.get("encoder_config"), sort_keys=True))
+        out.setdefault((r["algorithm"], variant_of(r)), ident)
+    return out
+
+
+def _same_data_seeds(records: list[dict[str, Any]], mine: tuple[str, str], other: tuple[str, str]) -> set[int] | None:
+    """Seeds at which both rows trained on the same dataset (None: every seed, when records carry no keys)."""
+    data: dict[tuple[str, str], dict[int, Any]] = {mine: {}, other: {}}
+    for r in records:
+        key = (r["algorithm"], variant_of(r))
+        if key in data and r.get("status") == "ok":
+            data[key][int(r["seed"])] = (r.get("data_keys") or {}).get("dataset")
+    if all(v is None for d in data.values() for v in d.values()):
+        return None
+    return {sd for sd, k in data[mine].items() if k is not None and data[other].get(sd) == k}
+
+
+def _only(values: dict[int, float], seeds: set[int] | None) -> dict[int, float]:
+    return values if seeds is None else {sd: v for sd, v in values.items() if sd in seeds}
 
 
 def build_gain_table(records: list[dict[str, Any]]) -> pd.DataFrame | None:
@@ -339,7 +383,7 @@ def timing_tables(timings: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame] 
     if not stages:
         return None
     rows, tidy = [], []
-    for kind in ("dataset", "grounding", "rollouts", "train", "eval"):
+    for kind in ("dataset", "grounding", "diagnostics", "rollouts", "train", "eval"):
         walls = [float(s["wall_s"]) for s in stages if s["kind"] == kind]
         if walls:
             rows.append({"stage": kind, "n": str(len(walls)), "total (min)": f"{sum(walls) / 60:.1f}",

@@ -30,7 +30,7 @@ from .plugins import get_registry
 from .records import build_record, git_sha, load_records, machine, write_jsonl, write_record
 from .stages import StageResult, build_stage, spec_components, versions
 
-UPSTREAM_KINDS = ("dataset", "grounding", "rollouts")
+UPSTREAM_KINDS = ("dataset", "grounding", "diagnostics", "rollouts")
 REFERENCE_COPY = "reference.csv"
 
 
@@ -132,7 +132,7 @@ def _error_text(exc: BaseException) -> str:
 
 def _named(stage: Stage) -> str:
     label = stage.label.removeprefix(f"{stage.kind} ")  # eval labels already start with their kind
-    return f"{stage.kind:9s} {label}"
+    return f"{stage.kind:11s} {label}"
 
 
 def execute_chain(payload: dict[str, Any]) -> list[StageResult]:

@@ -131,9 +131,11 @@ def _dataset_shell(store: ArtifactStore, key: str, kind: str) -> TrajectoryDatas
 
 
 def _train_inputs(stage_spec: dict[str, Any], deps: dict[str, str], store: ArtifactStore,
-                  with_data: bool = True) -> tuple[api.Algorithm, api.TrainContext, Encoded]:
-    """The algorithm and its context; ``with_data=False`` (evaluation) gives empty data of the right shapes."""
-    env = make_component("envs", stage_spec["env"])
+                  with_data: bool = True, env: api.Environment | None = None
+                  ) -> tuple[api.Algorithm, api.TrainContext, Encoded]:
+    """The algorithm and its context; ``with_data=False`` (evaluation) gives empty data of the right shapes.
+    ``env`` replaces the training's env (built from the data options only), as evaluation does with its own."""
+    env = env if env is not None else make_component("envs", stage_spec["env"])
     algo = make_component("algorithms", stage_spec["algorithm"])
     encoder = Encoded(make_component("encoders", stage_spec["encoder"]), store, stage_spec["encoder"])
     load = _load_dataset if with_data else _dataset_shell
@@ -208,7 +210,18 @@ def _build_grounding(stage: Stage, store: ArtifactStore, out: Path, progress: Pr
     (out / "model").mkdir()
     backend.ground(api.GroundingContext(dataset=dataset, env=env, tasks=tasks, seed=int(spec["seed"]),
                                         workdir=out / "model", progress=progress))
-    diagnostics = backend.diagnostics(out / "model", env, dataset, int(spec["seed"]))
+    return {}
+
+
+def _build_diagnostics(stage: Stage, store: ArtifactStore, out: Path, progress: Progress) -> dict[str, Any]:
+    """The grounded model measured at every level (goal match, plan success, explanation, ...)."""
+    spec = stage.spec
+    env = make_component("envs", spec["env"])
+    backend = make_component("llm_backends", spec["backend"])
+    dataset = _load_dataset(store, stage.deps["dataset"], "dataset")
+    model_dir = store.entry("grounding", stage.deps["grounding"]) / "model"
+    seed_everything(int(spec["seed"]))
+    diagnostics = backend.diagnostics(model_dir, env, dataset, int(spec["seed"]))
     (out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, sort_keys=True))
     return {"diagnostics": diagnostics}
 
@@ -348,9 +361,8 @@ def _build_eval(stage: Stage, store: ArtifactStore, out: Path, progress: Progres
     spec = stage.spec
     tpath = store.entry("train", stage.deps["train"])
     tstage = store.manifest("train", stage.deps["train"])
-    algo, ctx, encoder = _train_inputs(tstage["spec"], tstage["deps"], store, with_data=False)
-    env = ctx.env
-    assert env is not None
+    env = make_component("envs", spec["env"])  # with the options evaluation reads, not only the data's
+    algo, ctx, encoder = _train_inputs(tstage["spec"], tstage["deps"], store, with_data=False, env=env)
     level = spec["level"]
     n = spec["episodes"]
     cases = env.test_cases(level, None if n is None else int(n), int(spec["seed"]))
@@ -370,8 +382,8 @@ def _build_eval(stage: Stage, store: ArtifactStore, out: Path, progress: Progres
     return {"curve": curve, "n_cases": len(cases)}
 
 
-_BUILDERS = {"dataset": _build_dataset, "grounding": _build_grounding, "rollouts": _build_rollouts,
-             "train": _build_train, "eval": _build_eval}
+_BUILDERS = {"dataset": _build_dataset, "grounding": _build_grounding, "diagnostics": _build_diagnostics,
+             "rollouts": _build_rollouts, "train": _build_train, "eval": _build_eval}
 
 
 # Stage-spec sections that name a component, and their registry kind.
@@ -391,13 +403,17 @@ def spec_components(spec: dict[str, Any]) -> list[type]:
 
 
 def versions(components: Iterable[type] = ()) -> dict[str, str | None]:
-    """Versions of Python, kalm-bench, numpy and the libraries the ``components`` declare (``libraries``),
-    without importing them."""
+    """Versions of Python, kalm-bench, numpy, the distributions that install the ``components`` and the
+    libraries they declare (``libraries``), without importing them."""
     import importlib.metadata as md
     import platform
 
+    components = list(components)
     out: dict[str, str | None] = {"python": platform.python_version()}
-    names = ["kalm-bench", "numpy"] + [lib for cls in components for lib in cls.libraries]
+    # The distribution that installs each component (a third-party plugin's), then the libraries it declares.
+    by_module = md.packages_distributions() if components else {}
+    plugin_dists = [d for cls in components for d in by_module.get(cls.__module__.split(".")[0], [])[:1]]
+    names = ["kalm-bench", "numpy"] + plugin_dists + [lib for cls in components for lib in cls.libraries]
     for dist in dict.fromkeys(names):
         try:
             out[dist] = md.version(dist)

@@ -523,12 +523,21 @@ def _shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedSuite:
-    """Read, merge and validate a suite; errors are :class:`UserError` naming file and field."""
+def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+               tree: dict[str, Any] | None = None, tree_source: str | None = None) -> LoadedSuite:
+    """Read, merge and validate a suite; errors are :class:`UserError` naming file and field.
+
+    ``tree`` is an already merged suite (a results directory's ``plan.json`` keeps one) to validate instead
+    of reading ``path``; paths in it stay relative to ``path``, and errors name ``tree_source``."""
     path = Path(path)
     sources: dict[tuple, str] = {}
     budget = yamlio.Budget()
-    tree = _load_tree(path, sources, (), budget)
+    given = tree
+    if tree is None:
+        tree = _load_tree(path, sources, (), budget)
+    else:
+        tree = copy.deepcopy(tree)
+        sources.update({(k,): tree_source or str(path) for k in tree})
     for text in overrides:
         apply_override(tree, text, sources, budget)
     try:
@@ -547,7 +556,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
         raise loaded.error(loc, what + more) from None
     for loc in (("report", "reference"), ("data", "path")):
-        loaded._rebase(loc)
+        if given is None:  # a merged tree's paths are relative to the suite file already
+            loaded._rebase(loc)
     ref = loaded.suite.report.reference
     if ref is not None and not loaded.resolve(ref).is_file():
         written = loaded.source_of(("report", "reference"))

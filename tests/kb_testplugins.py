@@ -97,6 +97,11 @@ class LineWorld(Environment):
     class Config(StrictConfig):
         noise: float = 0.0
         unrealistic_cell: int | None = None  # the realism check rejects states on this cell
+        wording: dict[str, str] = {}  # level → instruction template ("{t}" is the target) of its cases
+        case_offset: int = 0  # shifts the seed of the test cases
+
+    option_scopes = {"unrealistic_cell": "imagination", "case_offset": "evaluation"}
+    level_options = ("wording",)
 
     def make(self, level: str):
         return _LineEnv(level, self.horizon)
@@ -133,8 +138,16 @@ class LineWorld(Environment):
                        target, level, pos == target)
 
     def test_cases(self, level, n=None, seed=0):
+        rng = np.random.default_rng(seed + 1000 + self.config.case_offset)
+        return [self._worded(_sample_case(level, rng)) for _ in range(20 if n is None else n)]
+
+    def sample_goals(self, level, n, seed):
         rng = np.random.default_rng(seed + 1000)
-        return [_sample_case(level, rng) for _ in range(20 if n is None else n)]
+        return [self._worded(_sample_case(level, rng)) for _ in range(n)]
+
+    def _worded(self, case):
+        template = self.config.wording.get(case["level"])
+        return case if template is None else {**case, "instruction": template.format(t=case["goal"])}
 
     def label_rollout(self, level, case, states, actions):
         hit = np.nonzero(states[1:, 0] == case["goal"])[0]

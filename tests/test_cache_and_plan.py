@@ -31,7 +31,8 @@ def test_plan_shape(core_env, suite_file):
     # each seed re-grounds the LLM and re-imagines its rollouts (the default for a suite with KALM runs);
     # seen reuses the rephrase rollouts
     assert kinds.count("grounding") == 2 and kinds.count("rollouts") == 2 * 2 and kinds.count("dataset") == 1
-    assert kinds == sorted(kinds, key=["dataset", "grounding", "rollouts", "train", "eval"].index)
+    assert kinds.count("diagnostics") == 2  # one per grounding
+    assert kinds == sorted(kinds, key=["dataset", "grounding", "diagnostics", "rollouts", "train", "eval"].index)
     assert len({r.run_id for r in plan.runs}) == len(plan.runs)
 
 
@@ -77,8 +78,8 @@ def test_replicate_must_name_the_policy(core_env, suite_file):
 
 
 @pytest.mark.parametrize("override,expected", [
-    ("data.seed=5", ["dataset", "eval", "grounding", "rollouts", "train"]),
-    ("llm.config.accuracy=0.5", ["eval", "grounding", "rollouts", "train"]),
+    ("data.seed=5", ["dataset", "diagnostics", "eval", "grounding", "rollouts", "train"]),
+    ("llm.config.accuracy=0.5", ["diagnostics", "eval", "grounding", "rollouts", "train"]),
     ("rollouts.seed=3", ["eval", "rollouts", "train"]),
     ("algorithms[0].config.batch_size=7", ["eval", "train"]),
     ("train.steps=16", ["eval", "train"]),
@@ -89,6 +90,68 @@ def test_change_invalidates_exactly_its_dependents(core_env, suite_file, overrid
     before, _ = _keys(suite_file)
     after, _ = _keys(suite_file, override)
     assert _changed(before, after) == expected
+
+
+@pytest.mark.parametrize("override,expected", [
+    # A data option: everything.
+    ("env.config.noise=0.2", ["dataset", "diagnostics", "eval", "grounding", "rollouts", "train"]),
+    # An imagination option: not the data, and not the base policies (checked below).
+    ("env.config.unrealistic_cell=9", ["diagnostics", "eval", "grounding", "rollouts", "train"]),
+    # An evaluation option: the evaluations only.
+    ("env.config.case_offset=3", ["eval"]),
+    # A novel level's entry of a per-level option: that level's rollouts and what reads them, the diagnostics.
+    ("env.config.wording.far='go to {t} please'", ["diagnostics", "eval", "rollouts", "train"]),
+])
+def test_env_options_invalidate_the_stages_that_read_them(core_env, suite_file, override, expected):
+    before, _ = _keys(suite_file)
+    after, _ = _keys(suite_file, override)
+    assert _changed(before, after) == expected
+    changed = {label for (kind, label), key in before.items() if after.get((kind, label)) != key}
+    if "data" not in override and "noise" not in override:
+        assert not any(label.startswith("tabular-bc seed") for label in changed)  # base policies kept
+    if "wording.far" in override:
+        assert {label for label in changed if "diagnostics" not in label} == {
+            "far rollouts rep 0", "far rollouts rep 1", "tabular-bc +KALM (far) seed 0", "tabular-bc +KALM (far) seed 1",
+            "eval tabular-bc far seed 0", "eval tabular-bc far seed 1",
+            "eval tabular-bc +KALM far seed 0", "eval tabular-bc +KALM far seed 1"}
+
+
+def test_a_stage_sees_only_the_env_options_it_reads(core_env, suite_file):
+    _, plan = _keys(suite_file, "env.config.wording={far: 'to {t}', rephrase: 'at {t}'}", "env.config.case_offset=2",
+                    "env.config.unrealistic_cell=9")
+    by_kind = {}
+    for st in plan.stages.values():
+        by_kind.setdefault(st.kind, []).append(st)
+    assert by_kind["dataset"][0].spec["env"]["config"] == {"noise": 0.0, "wording": {}}
+    assert all(st.spec["env"]["config"] == by_kind["dataset"][0].spec["env"]["config"] for st in by_kind["train"])
+    assert by_kind["grounding"][0].spec["env"]["config"] == {"noise": 0.0, "unrealistic_cell": 9, "wording": {}}
+    far = next(st for st in by_kind["rollouts"] if st.spec["level"] == "far")
+    assert far.spec["env"]["config"]["wording"] == {"far": "to {t}"}
+    seen_eval = next(st for st in by_kind["eval"] if st.spec["level"] == "seen")
+    assert seen_eval.spec["env"]["config"] == {"noise": 0.0, "unrealistic_cell": 9, "case_offset": 2, "wording": {}}
+    assert by_kind["diagnostics"][0].spec["env"]["config"]["wording"] == {"far": "to {t}", "rephrase": "at {t}"}
+
+
+def test_a_file_named_by_an_env_option_is_keyed_by_its_content(core_env, tmp_path, monkeypatch):
+    from kalm_bench.api import Environment
+
+    from kb_helpers import SUITE
+
+    import kb_testplugins
+
+    monkeypatch.setattr(kb_testplugins.LineWorld, "file_options", ("wording",), raising=False)
+    assert Environment.file_options == ()
+    goals = tmp_path / "far.txt"
+    suite = tmp_path / "s.yaml"
+    suite.write_text(SUITE)
+    with pytest.raises(Exception) as exc:
+        _keys(suite, f"env.config.wording.far={goals}")
+    assert "env.config.wording.far" in str(exc.value) and "file not found" in str(exc.value)
+    goals.write_text("one")
+    first, _ = _keys(suite, f"env.config.wording.far={goals}")
+    goals.write_text("two")  # edited in place: same path, other content
+    second, _ = _keys(suite, f"env.config.wording.far={goals}")
+    assert _changed(first, second) == ["diagnostics", "eval", "rollouts", "train"]
 
 
 def test_kalm_trainings_depend_on_rollouts_but_base_does_not(core_env, suite_file):

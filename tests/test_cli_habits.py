@@ -24,6 +24,11 @@ def test_ls_one_component_shows_types_defaults_and_presets(core_env):
     doc = json.loads(run_cli("ls", "algorithms", "tabular-bc", "--json", check=True).stdout)
     opt = {o["name"]: o for o in doc["options"]}["batch_size"]
     assert (opt["type"], opt["default"], opt["required"]) == ("int", 32, False)
+    env = run_cli("ls", "envs", "line-world", check=True).stdout
+    assert "case_offset: int (default 0; read from the evaluation stage on)" in env
+    assert "wording: dict[str, str] (default {}; per level)" in env and "noise: float (default 0.0; read from the data" in env
+    scopes = {o["name"]: o["scope"] for o in json.loads(run_cli("ls", "envs", "line-world", "--json").stdout)["options"]}
+    assert scopes["unrealistic_cell"] == "imagination"
     bad = run_cli("ls", "algorithms", "nope")
     assert bad.returncode == 2 and "unknown algorithm 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -61,3 +66,19 @@ def test_show_config_resolves_presets_and_defaults(core_env, suite_file):
     assert algo["config"]["sleep_s"] == 0.0 and algo["config"]["fail"] is False  # the defaults
     assert shown["resolved"]["env"]["name"] == "line-world"
     assert shown["resolved"]["llm_backends"]["tabular-bc"]["name"] == "scripted-llm"
+
+
+def test_help_imports_no_heavy_library():
+    import subprocess
+    import sys
+
+    # What the console script does: every plugin is loaded (their commands are listed), then --help. (Gymnasium
+    # is imported: the first-party plugins register their Gymnasium ids on import.)
+    code = ("import sys\nfrom kalm_bench.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'kalm_bench_plugins.clevr' in sys.modules\n"
+            "print(sorted(m for m in ('pandas', 'torch', 'd3rlpy', 'transformers', 'mujoco', 'metaworld', 'tabulate')"
+            " if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"  # every plugin loaded, none of its heavy imports

@@ -30,7 +30,7 @@ def test_stage_and_run_lines_without_a_terminal(core_env, suite_file):
     assert any(re.search(r"start +dataset +line-world data$", ln) for ln in lines), proc.stderr
     assert any(re.search(r"built +train +tabular-bc seed 0 in \d+\.\d s$", ln) for ln in lines), proc.stderr
     assert sum("run ok:" in ln for ln in lines) == 12
-    built = [ln for ln in lines if re.search(r"built +(dataset|grounding|rollouts|train|eval) ", ln)]
+    built = [ln for ln in lines if re.search(r"built +(dataset|grounding|diagnostics|rollouts|train|eval) ", ln)]
     assert len(built) == int(re.search(r"stages built (\d+)", proc.stdout).group(1))
     quiet = run_cli("run", str(suite_file), "-o", str(core_env / "b"), "--quiet", check=True)
     assert quiet.stderr.strip() == ""

@@ -39,6 +39,14 @@ def test_records_have_every_field_and_are_deterministic(core_env, suite_file):
         assert [e["step"] for e in r["train_log"]] == [4, 8, 12] and r["train_log"][0]["table_size"] > 0
         assert r["success_rate"] == pytest.approx(sum(c["success_rate"] for c in r["curve"]) / 3)
         assert r["replicate"] == ["policy", "rollouts", "llm"] and r["stage_seeds"]["train"] == r["seed"]
+        comps = r["components"]
+        assert set(comps) >= {"env", "algorithm", "encoder"}
+        for role, c in comps.items():  # every component: what it is, its options, version and where it came from
+            assert {"type", "params", "version", "plugin", "distribution", "distribution_version"} <= set(c), role
+        assert comps["algorithm"]["type"] == "tabular-bc" and comps["algorithm"]["params"] == \
+            r["algorithm_config"]["params"]
+        assert comps["encoder"]["params"] == r["encoder_config"] and comps["env"]["plugin"] == "kb_testplugins"
+        assert ("llm_backend" in comps) == r["kalm"] and ("rollout_source" in comps) == r["kalm"]
     kalm = [r for r in recs if r["kalm"]]
     # every stage's seed is in the record: here each seed has its own grounding and rollouts
     assert {(r["seed"], r["stage_seeds"]["grounding"], r["stage_seeds"]["rollouts"]) for r in kalm} == \
@@ -180,7 +188,7 @@ def test_timings_and_comparison_tables_in_the_report(core_env, suite_file):
     timings = json.loads((core_env / "a" / "timings.json").read_text())
     assert len(timings["invocations"]) == 1 and timings["invocations"][0]["runs_done"] == 12
     kinds = {s["kind"] for s in timings["stages"]}
-    assert kinds == {"dataset", "grounding", "rollouts", "train", "eval"}
+    assert kinds == {"dataset", "grounding", "diagnostics", "rollouts", "train", "eval"}
     assert all(s["wall_s"] is not None and s["wall_s"] >= 0 for s in timings["stages"])
     _run(suite_file, core_env / "a")  # an invocation that runs nothing leaves the timings as they were
     assert json.loads((core_env / "a" / "timings.json").read_text()) == timings
@@ -225,3 +233,19 @@ def test_results_carry_their_reference_copy(core_env, suite_file):
     ref.unlink()
     out = run_cli("report", str(moved), check=True).stdout
     assert "seen (paper)" in out and "12.5" in out
+
+
+def test_versions_name_the_distribution_of_a_third_party_component(tmp_path, monkeypatch):
+    from kalm_bench.stages import versions
+
+    (tmp_path / "zzz_corridor_plugin.py").write_text("class Env:\n    libraries = ()\n")
+    info = tmp_path / "zzz_corridor-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zzz-corridor\nVersion: 0.3\n")
+    (info / "top_level.txt").write_text("zzz_corridor_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import zzz_corridor_plugin
+
+    got = versions([zzz_corridor_plugin.Env])
+    assert got["zzz-corridor"] == "0.3" and "kalm-bench" in got
+    assert "zzz-corridor" not in versions()

@@ -146,3 +146,29 @@ def test_control_rows_and_llm_contribution_hand_computed():
     assert g.loc["CQL +random − CQL", "b"] == "+5.0 [-185.6, +195.6] (2)"
     # novel mean, KALM − control: seed 0 (70 − 35) = 35, seed 1 (70 − 50) = 20 → mean 27.5, se 7.5 → ± 95.3
     assert g.loc["CQL +KALM − CQL +random", "novel mean"] == "+27.5 [-67.8, +122.8] (2)"
+
+
+def test_a_row_that_only_changes_the_llm_is_paired_with_the_base_of_the_same_policy():
+    def policy(rec, config=None, dataset="d"):
+        return {**rec, "algorithm_name": "cql", "algorithm_config": {"type": "cql", "params": config or {"lr": 1}},
+                "train_steps": 10, "encoder": "minilm", "data_keys": {"dataset": f"{dataset}{rec['seed']}"}}
+
+    control = [policy({**_rec("CQL", False, lv, sd, rate), "variant": "random", "run_id": f"r{lv}{sd}"})
+               for lv, sd, rate in (("seen", 0, 0.4), ("a", 0, 0.2), ("b", 0, 0.5),
+                                    ("seen", 1, 0.3), ("a", 1, 0.4), ("b", 1, 0.6))]
+    other_llm = [policy(_rec("CQL (other llm)", True, lv, sd, rate)) for lv, sd, rate in
+                 (("seen", 0, 0.3), ("a", 0, 0.3), ("b", 0, 0.4), ("seen", 1, 0.5), ("a", 1, 0.7), ("b", 1, 0.9))]
+    other_policy = [policy(_rec("CQL big", True, lv, sd, 0.5), config={"lr": 2}) for lv in ("seen", "a", "b")
+                    for sd in (0, 1)]
+    other_data = [policy(_rec("CQL other data", True, lv, sd, 0.5), dataset="e") for lv in ("seen", "a", "b")
+                  for sd in (0, 1)]
+    records = [policy(r) for r in RECORDS] + control + other_llm + other_policy + other_data
+    g = build_gain_table(records)
+    assert "CQL (other llm) +KALM − CQL" in g.index and "CQL (other llm) +KALM − CQL +random" in g.index
+    # a: 30 − 10 = 20 and 70 − 50 = 20 → +20, no spread; b: 40 − 30 = 10, 90 − 70 = 20 → 15 ± 12.706 × 5
+    assert g.loc["CQL (other llm) +KALM − CQL", "a"] == "+20.0 [+20.0, +20.0] (2)"
+    assert g.loc["CQL (other llm) +KALM − CQL", "b"] == "+15.0 [-48.5, +78.5] (2)"
+    # against the control: a: 30 − 20 = 10, 70 − 40 = 30 → +20 ± 127.1
+    assert g.loc["CQL (other llm) +KALM − CQL +random", "a"] == "+20.0 [-107.1, +147.1] (2)"
+    # Another policy config has no base to compare with, nor a row trained on other data.
+    assert not any(ix.startswith(("CQL big", "CQL other data")) for ix in g.index)

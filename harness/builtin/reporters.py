@@ -6,11 +6,13 @@ import io
 import json
 import math
 from collections.abc import Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from kalm_bench import hookimpl
 from kalm_bench.api import Reporter, ResultTable
+
+if TYPE_CHECKING:  # pandas is imported by the tables handed in; `kalm-bench --help` does not need it
+    import pandas as pd
 
 
 def _tabulate(table: pd.DataFrame, tablefmt: str, colalign: Sequence[str] | None = None) -> str:

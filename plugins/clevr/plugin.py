@@ -41,6 +41,12 @@ class ClevrRobot(Environment):
     imagination_case_fields: ClassVar[tuple[str, ...]] = ("instruction", "initial_state", "goal")
     can_label: ClassVar[bool] = True
     gym_id: ClassVar[str] = "kalm_bench/CLEVRRobot-v0"
+    # The expert data read the dynamics and the reward only; these are read from the labels, goals and resets
+    # of rollouts and evaluations (the random control resets the same Gymnasium env as evaluation does).
+    option_scopes: ClassVar[dict[str, Any]] = {"stale_scene": "imagination", "easy_check": "imagination",
+                                                "hard_obs": "imagination", "easy_still": "imagination"}
+    level_options: ClassVar[tuple[str, ...]] = ("goal_files",)
+    file_options: ClassVar[tuple[str, ...]] = ("goal_files",)
 
     config: ClevrConfig
 

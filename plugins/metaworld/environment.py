@@ -59,6 +59,10 @@ class MetaworldEnvironment(Environment):
                                               "initial_state")
     imagination_case_fields: ClassVar[tuple[str, ...]] = ("task", "instruction", "initial_state")
     can_label: ClassVar[bool] = True
+    # Generated data never place a distractor; test cases and the Gymnasium env that rollouts replay in do.
+    # The horizon bounds the data's episodes too (data_horizon defaults to it).
+    option_scopes: ClassVar[dict[str, Any]] = {"distractor": "imagination"}
+    file_options: ClassVar[tuple[str, ...]] = ("instruction_file",)
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"distractor": True, "horizon": 100},
         "clean": {"distractor": False, "horizon": 100},

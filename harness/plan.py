@@ -211,8 +211,8 @@ class _Planner:
         if s.data.path:
             path = self.loaded.resolve(s.data.path)
             ds_manifest = _dataset_identity(path, self.loaded, self.env_cls)
-            fixed = self.add("dataset", {"env": self.env_for(DATA, ()), "path": str(path.resolve()), "content": ds_manifest},
-                             {}, f"{s.env.name} data")
+            fixed = self.add("dataset", {"env": self.env_for(DATA, ()), "path": str(path.resolve()),
+                                         "content": ds_manifest}, {}, f"{s.env.name} data")
             return {seed: fixed for seed in s.seed_list}
         return {seed: self.add("dataset", {"env": self.env_for(DATA, ()), "episodes": s.data.episodes,
                                            "seed": self.stage_seed("data", s.data.seed, seed),
@@ -303,7 +303,8 @@ class _Planner:
         else:
             label += self.rep_label("rollouts", seed)
         # Same seed, so every source of a replication proposes for the same goals and initial states.
-        key = self.add("rollouts", {"env": self.env_for(IMAGINATION, (target,)), "level": target, "count": s.rollouts.counts[target],
+        key = self.add("rollouts", {"env": self.env_for(IMAGINATION, (target,)), "level": target,
+                                    "count": s.rollouts.counts[target],
                                     "seed": rollout_seed, "labels": s.rollouts.labels,
                                     "source": self.sources[variant][0], "keep": s.rollouts.keep,
                                     "realistic": s.rollouts.realistic},

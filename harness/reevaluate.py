@@ -81,7 +81,8 @@ def reevaluation_plan(results: str | Path, registry: Registry, env_settings: tup
     runs: list[Run] = []
     missing: list[str] = []
     for run in changed.runs:
-        source_run = policies.get((run.row, run.variant, run.seed, None if run.variant == BASE else run.imaginary_level))
+        trained_for = None if run.variant == BASE else run.imaginary_level
+        source_run = policies.get((run.row, run.variant, run.seed, trained_for))
         if source_run is None:
             missing.append(f"{run.describe()}: no finished run of {results} trained this policy")
             continue

@@ -111,7 +111,8 @@ def test_env_options_invalidate_the_stages_that_read_them(core_env, suite_file, 
         assert not any(label.startswith("tabular-bc seed") for label in changed)  # base policies kept
     if "wording.far" in override:
         assert {label for label in changed if "diagnostics" not in label} == {
-            "far rollouts rep 0", "far rollouts rep 1", "tabular-bc +KALM (far) seed 0", "tabular-bc +KALM (far) seed 1",
+            "far rollouts rep 0", "far rollouts rep 1",
+            "tabular-bc +KALM (far) seed 0", "tabular-bc +KALM (far) seed 1",
             "eval tabular-bc far seed 0", "eval tabular-bc far seed 1",
             "eval tabular-bc +KALM far seed 0", "eval tabular-bc +KALM far seed 1"}
 

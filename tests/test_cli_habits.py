@@ -26,8 +26,10 @@ def test_ls_one_component_shows_types_defaults_and_presets(core_env):
     assert (opt["type"], opt["default"], opt["required"]) == ("int", 32, False)
     env = run_cli("ls", "envs", "line-world", check=True).stdout
     assert "case_offset: int (default 0; read from the evaluation stage on)" in env
-    assert "wording: dict[str, str] (default {}; per level)" in env and "noise: float (default 0.0; read from the data" in env
-    scopes = {o["name"]: o["scope"] for o in json.loads(run_cli("ls", "envs", "line-world", "--json").stdout)["options"]}
+    assert "wording: dict[str, str] (default {}; per level)" in env
+    assert "noise: float (default 0.0; read from the data" in env
+    doc = json.loads(run_cli("ls", "envs", "line-world", "--json").stdout)
+    scopes = {o["name"]: o["scope"] for o in doc["options"]}
     assert scopes["unrealistic_cell"] == "imagination"
     bad = run_cli("ls", "algorithms", "nope")
     assert bad.returncode == 2 and "unknown algorithm 'nope'" in bad.stderr and "Traceback" not in bad.stderr

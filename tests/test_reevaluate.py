@@ -32,7 +32,8 @@ def test_a_new_goal_wording_rebuilds_only_that_levels_evaluations(core_env, suit
         assert rec["data_keys"]["train"] == before[key]["data_keys"]["train"]  # the same trained policy
         wording = rec["components"]["env"]["params"]["wording"]
         if key[2] == "far":
-            assert wording == {"far": "walk to cell {t}"} and rec["data_keys"]["eval"] != before[key]["data_keys"]["eval"]
+            assert wording == {"far": "walk to cell {t}"}
+            assert rec["data_keys"]["eval"] != before[key]["data_keys"]["eval"]
             # The policies never saw this wording (a lookup table of observations): they stand still.
             assert rec["success_rate"] == 0.0
         else:

@@ -515,7 +515,9 @@ class LLMBackend(Component):
 
     def diagnostics(self, model_dir: Path, env: Environment, dataset: TrajectoryDataset,
                     seed: int) -> dict[str, float]:
-        """Optional model-quality metrics recorded next to each run that used this model."""
+        """Optional model-quality metrics recorded next to each run that used this model. Called in a stage of
+        its own after the grounding (a new process may run it): read the model from ``model_dir``. Its env
+        has every level's goals, so a goal file of a novel level re-measures it without grounding again."""
         return {}
 
     def policy(self, model_dir: Path, env: Environment) -> Policy:

@@ -115,7 +115,12 @@ def run(suite_file: str, overrides: tuple[str, ...], output: str | None, cache_d
         return
     _registry().get("reporters", fmt, field="--format")
     _configure_logging(quiet, verbose)
-    summary = _execute(plan, out, store, executor, jobs, rerun_failed)
+    _report_outcome(_execute(plan, out, store, executor, jobs, rerun_failed), out, fmt)
+
+
+def _report_outcome(summary: Any, out: Path, fmt: str) -> None:
+    """After `run` or `eval`: the counts line, the tables (written when this invocation ran something), and
+    exit status 1 when a run failed."""
     click.echo(f"\n{summary.ok} ok, {summary.failed} failed"
                f"{f' ({summary.retried} of these retried after failing earlier)' if summary.retried else ''}, "
                f"{summary.skipped_ok} already done"
@@ -176,15 +181,7 @@ def eval_cmd(results: str, settings: tuple[str, ...], levels: str | None, overri
         return
     _registry().get("reporters", fmt, field="--format")
     _configure_logging(quiet, False)
-    summary = _execute(plan, out, store, "local", jobs, False)
-    click.echo(f"\n{summary.ok} ok, {summary.failed} failed, {summary.skipped_ok} already done; stages built "
-               f"{summary.stages_built}, reused {summary.stages_cached}; {summary.wall_s:.0f} s → {out}")
-    if any(r.get("status") == "ok" for r in summary.records):
-        written = _write_tables(out, fmt) if summary.ok or summary.failed else {}
-        click.echo("\n" + (written.get(fmt) or _render_report(out, fmt=fmt, stat=None, reference=None,
-                                                               reference_env=None)))
-    if summary.failed:
-        sys.exit(1)
+    _report_outcome(_execute(plan, out, store, "local", jobs, False), out, fmt)
 
 
 def _resolved_components(plan: Any) -> dict[str, Any]:

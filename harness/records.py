@@ -97,15 +97,15 @@ def build_record(plan: Plan, run: Run, store: ArtifactStore, error: str | None,
     return rec
 
 
-# Stage-spec section → (registry kind, record role) of the components a run is made of.
-_ROLES = {"env": ("envs", "env"), "algorithm": ("algorithms", "algorithm"), "encoder": ("encoders", "encoder"),
-          "backend": ("llm_backends", "llm_backend"), "source": ("rollout_sources", "rollout_source")}
+# A record names a component by its role where the stage-spec section's name says less.
+_ROLE_OF_SECTION = {"backend": "llm_backend", "source": "rollout_source"}
 
 
 def run_components(plan: Plan, run: Run) -> dict[str, dict[str, Any]]:
     """Role → ``{type, params, version, plugin, distribution, distribution_version}`` of every component the
     run's stages name (env, algorithm, encoder, and where used the LLM backend and rollout source)."""
     from .plugins import get_registry
+    from .stages import COMPONENT_SECTIONS
 
     registry = get_registry()
     out: dict[str, dict[str, Any]] = {}
@@ -113,7 +113,8 @@ def run_components(plan: Plan, run: Run) -> dict[str, dict[str, Any]]:
         if kind not in run.stages:
             continue
         spec = plan.stages[run.stages[kind]].spec
-        for section, (reg_kind, role) in _ROLES.items():
+        for section, reg_kind in COMPONENT_SECTIONS.items():
+            role = _ROLE_OF_SECTION.get(section, section)
             comp = spec.get(section)
             if role in out or not isinstance(comp, dict) or "name" not in comp:
                 continue

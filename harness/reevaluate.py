@@ -59,14 +59,14 @@ def reevaluation_plan(results: str | Path, registry: Registry, env_settings: tup
     for text in eval_overrides:
         if not text.split("=", 1)[0].strip().startswith("eval."):
             raise UserError(f"{text!r}: only eval.* fields change without training again", field="-x")
-    original = build_plan(load_suite(suite_path, tree=tree, tree_source=source), registry)
-    overrides = [f"env.config.{s}" for s in env_settings] + list(eval_overrides)
-    if levels:
-        overrides.append(f"env.levels={json.dumps(levels)}")
     for text in env_settings:
         if "=" not in text:
             raise UserError(f"{text!r}: expected KEY=VALUE (an env option, e.g. goal_files.rephrase=FILE)",
                             field="--set")
+    original = build_plan(load_suite(suite_path, tree=tree, tree_source=source), registry)
+    overrides = [f"env.config.{s}" for s in env_settings] + list(eval_overrides)
+    if levels:
+        overrides.append(f"env.levels={json.dumps(levels)}")
     changed = build_plan(load_suite(suite_path, overrides, tree=tree, tree_source=source), registry)
 
     done = {r["run_id"] for r in load_records(results) if r.get("status") == "ok"}
